@@ -1,0 +1,62 @@
+"""The generation engine interface. Rollout code is written against it, so the same actor runs
+vLLM on GPU, vLLM on CPU, or Hugging Face transformers.
+
+Behaviour logprobs are log-probabilities of each sampled token under the distribution it was
+sampled from: logits divided by the temperature, then top-p truncation where used. The learner
+computes the same quantity (logits / temperature) for its importance ratios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pope.weight_sync import TensorMeta
+
+
+@dataclass(frozen=True)
+class Sample:
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    num_rollouts: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
+class GenerationEngine(Protocol):
+    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Sample]]:
+        """For each prompt (token ids), ``settings.num_rollouts`` samples."""
+        ...
+
+    def init_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        """Join the learner's weight-broadcast group as ``rank``."""
+        ...
+
+    def receive_weights(self, metas: list[TensorMeta], timeout_s: float) -> float:
+        """Receive one broadcast and load it in place; returns the checksum of what arrived."""
+        ...
+
+    def greedy_logprobs(self, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float]]:
+        """Greedy continuation of ``prompt`` and its tokens' logprobs at temperature 1 (for checks)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_engine(engine_config, model_path: str, seed: int, dtype: str) -> GenerationEngine:
+    if engine_config.type == "vllm":
+        from actors.vllm_engine import VLLMEngine
+
+        return VLLMEngine(engine_config, model_path, seed, dtype)
+    if engine_config.type == "hf":
+        from actors.hf_engine import HFEngine
+
+        return HFEngine(engine_config, model_path, seed, dtype)
+    raise ValueError(f"actors.engine.type {engine_config.type!r} is not an engine")

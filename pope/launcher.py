@@ -1,0 +1,324 @@
+"""``pope train``: start (or join) Ray and Redis, create the pools, train, account, shut down.
+
+    launcher ──> Redis (embedded unless broker.redis_url) ──> Ray (local, or the cluster under ray job submit)
+       │
+       ├── learner  (1 Ray actor, DeepSpeed)          rank 0 of the weight group
+       ├── actors   (N Ray actors, vLLM or HF)        ranks 1..N
+       └── preprocess (M Ray actors, math-verify)
+       │
+       └── watches the control stream (progress), fails naming the component that died,
+           then stops everything and writes summary.json
+
+This is the only module that calls ``ray.init`` or sets actor options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from broker.embedded import EmbeddedRedis
+from broker.schemas import RolloutGroup, ScoredGroup, StepReport
+from broker.streams import ControlChannel, connect, ensure_groups, read_all, stream_health, stream_key, unacked_ids
+from pope.config import PopeConfig, dump_config
+from pope.tiny_model import resolve_model_path
+
+PROBE_TOKENS = 8
+
+
+class ComponentFailed(RuntimeError):
+    """A component of the run died; the message names it."""
+
+
+def _process_env(config: PopeConfig, threads: int) -> dict[str, str]:
+    env = {
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "VLLM_CONFIGURE_LOGGING": "1",
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+    }
+    if config.learner.num_gpus == 0 and config.actors.num_gpus == 0:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def _start_ray(config: PopeConfig) -> bool:
+    """Join the cluster when there is one (ray job submit sets RAY_ADDRESS); else start a local Ray.
+    Returns True when this process started Ray (and so must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # The learner and actor processes import project code: ship the working dir's packages.
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], namespace=f"pope-{config.run.run_id}", log_to_driver=True)
+        return False
+    ray.init(include_dashboard=False, namespace=f"pope-{config.run.run_id}", log_to_driver=True)
+    return True
+
+
+def _progress(report: StepReport, steps: int, started: float, lag: int) -> str:
+    m = report.metrics
+    elapsed = time.monotonic() - started
+    completions = m.get("tokens_trained", 0.0)
+    return (
+        f"step {report.step}/{steps} | reward {m.get('reward_mean', 0.0):.3f} | loss {m.get('loss', 0.0):+.4f} | "
+        f"buffer lag {lag} groups | policy lag {m.get('policy_lag_mean', 0.0):.1f} | weights v{report.step} | "
+        f"step {m.get('step_s', 0.0):.1f}s | tokens trained {completions:.0f} | {elapsed:.0f}s"
+    )
+
+
+def train(config: PopeConfig, printer=print) -> dict:
+    """Run one training job to ``learner.steps`` steps; returns the summary (also in summary.json)."""
+    import ray
+
+    config = config.with_run_id()
+    run_id = config.run.run_id
+    run_dir = (config.run.output_dir / run_id).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    wall: dict[str, float] = {}
+    t_start = time.monotonic()
+
+    with ExitStack() as stack:
+        if config.broker.redis_url:
+            redis_url = config.broker.redis_url
+        else:
+            server = stack.enter_context(EmbeddedRedis(run_dir / "redis"))
+            redis_url = server.url
+        client = connect(redis_url, config.broker.socket_timeout_s)
+        stack.callback(client.close)
+        ensure_groups(client, run_id)
+        control = ControlChannel(client, run_id)
+
+        model_path = str(resolve_model_path(config.model.path, config.model.cache_dir, config.run.seed))
+        printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
+
+        started_ray = _start_ray(config)
+        if started_ray:
+            stack.callback(ray.shutdown)
+        handles: list = []
+        stack.callback(_kill_all, handles)
+
+        from actors.actor import RolloutActor
+        from learner.trainer import Learner
+        from preprocess.worker import PreprocessWorker
+
+        project_root = str(Path(__file__).resolve().parent.parent)
+        pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
+
+        def options(name: str, num_cpus: float, num_gpus: float, resources: dict, threads: int, concurrency: int):
+            env = _process_env(config, threads) | {"PYTHONPATH": pythonpath}
+            return {
+                "name": f"pope-{run_id}-{name}",
+                "num_cpus": num_cpus,
+                "num_gpus": num_gpus,
+                "resources": resources or None,
+                "max_concurrency": concurrency,
+                "runtime_env": {"env_vars": env},
+            }
+
+        acfg, lcfg, pcfg = config.actors, config.learner, config.preprocess
+        actors = [
+            ray.remote(RolloutActor)
+            .options(**options(f"actor{i}", acfg.num_cpus, acfg.num_gpus, acfg.resources, acfg.torch_threads, 4))
+            .remote(config, i, model_path, redis_url)
+            for i in range(acfg.num_actors)
+        ]
+        handles += actors
+        workers = [
+            ray.remote(PreprocessWorker)
+            .options(**options(f"preprocess{i}", pcfg.num_cpus, 0, {}, 1, 2))
+            .remote(config, i, redis_url)
+            for i in range(pcfg.num_workers)
+        ]
+        handles += workers
+        learner = (
+            ray.remote(Learner)
+            .options(**options("learner", lcfg.num_cpus, lcfg.num_gpus, lcfg.resources, lcfg.torch_threads, 2))
+            .remote(config, model_path, redis_url, str(run_dir), actors)
+        )
+        handles.append(learner)
+
+        names = {}
+        for i, a in enumerate(actors):
+            names[a.__ray_ready__.remote()] = f"actor{i}"
+        for i, w in enumerate(workers):
+            names[w.__ray_ready__.remote()] = f"preprocess{i}"
+        names[learner.__ray_ready__.remote()] = "learner"
+        _wait_all(names, "starting")
+
+        host = ray.get(learner.__ray_call__.remote(lambda self: ray.util.get_node_ip_address()))
+        port = ray.get(learner.__ray_call__.remote(lambda self: __import__("broker.embedded").embedded.free_port()))
+        world = acfg.num_actors + 1
+        group_refs = {learner.init_weight_group.remote(host, port, world): "learner"}
+        for i, a in enumerate(actors):
+            group_refs[a.init_weight_group.remote(host, port, world, lcfg.broadcast_timeout_s)] = f"actor{i}"
+        _wait_all(group_refs, "joining the weight-broadcast group")
+        wall["setup_s"] = time.monotonic() - t_start
+        printer(f"setup done in {wall['setup_s']:.1f}s: {acfg.num_actors} actors, {pcfg.num_workers} preprocess, 1 learner")
+
+        t_loop = time.monotonic()
+        loop_refs = {learner.run.remote(lcfg.steps): "learner"}
+        for i, w in enumerate(workers):
+            loop_refs[w.run.remote()] = f"preprocess{i}"
+        for i, a in enumerate(actors):
+            loop_refs[a.run.remote()] = f"actor{i}"
+        learner_ref = next(iter(loop_refs))
+
+        while True:
+            ready, _ = ray.wait(list(loop_refs), num_returns=1, timeout=0.5)
+            for report in control.poll():
+                if isinstance(report, StepReport):
+                    lag = stream_health(client, run_id, "rollouts").in_flight + stream_health(client, run_id, "train").in_flight
+                    printer(_progress(report, lcfg.steps, t_loop, lag))
+            if not ready:
+                continue
+            if ready[0] is learner_ref:
+                break
+            name = loop_refs[ready[0]]
+            try:
+                ray.get(ready[0])
+            except Exception as exc:
+                raise ComponentFailed(f"{name} failed: {exc}") from exc
+            raise ComponentFailed(f"{name} stopped before the learner finished")
+        try:
+            learner_result = ray.get(learner_ref)
+        except Exception as exc:
+            raise ComponentFailed(f"learner failed: {exc}") from exc
+        wall["train_loop_s"] = time.monotonic() - t_loop
+
+        for handle in actors + workers:
+            handle.stop.remote()
+        stop_refs = {ref: name for ref, name in loop_refs.items() if ref is not learner_ref}
+        stats = dict(zip(stop_refs.values(), _wait_all(stop_refs, "stopping"), strict=True))
+
+        # Every actor now holds the final weights: check it on a fixed prompt.
+        probe_prompt = ray.get(actors[0].__ray_call__.remote(lambda self: self.tokenizer("Compute 1 + 2.")["input_ids"]))
+        probe_diffs = []
+        for i, a in enumerate(actors):
+            ids, actor_lp = ray.get(a.probe.remote(probe_prompt, PROBE_TOKENS))
+            learner_lp = ray.get(learner.logprobs_of.remote(probe_prompt, ids))
+            probe_diffs.append(max(abs(x - y) for x, y in zip(actor_lp, learner_lp, strict=True)))
+        actor_versions = [ray.get(a.__ray_call__.remote(lambda self: self.version)) for a in actors]
+
+        checkpoint = None
+        if lcfg.save_checkpoint:
+            checkpoint = ray.get(learner.save_hf.remote(str(run_dir / "checkpoint")))
+
+        summary = _account(client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint)
+        for handle in actors + workers:
+            ray.get(handle.close.remote())
+        ray.get(learner.close.remote())
+        wall["total_s"] = time.monotonic() - t_start
+        summary["wall_s"] = wall
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary["run_dir"] = str(run_dir)
+        return summary
+
+
+def _wait_all(refs: dict, what: str, timeout_s: float = 900.0) -> list:
+    """ray.get every ref, naming the component whose call failed or hung."""
+    import ray
+
+    pending = dict(refs)
+    results = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise ComponentFailed(f"{', '.join(pending.values())}: no answer within {timeout_s:.0f}s while {what}")
+        name = pending.pop(ready[0])
+        try:
+            results[ready[0]] = ray.get(ready[0])
+        except Exception as exc:
+            raise ComponentFailed(f"{name} failed while {what}: {exc}") from exc
+    return [results[ref] for ref in refs]
+
+
+def _kill_all(handles: list) -> None:
+    import ray
+
+    for handle in handles:
+        try:
+            ray.kill(handle)
+        except ValueError:  # already gone
+            continue
+
+
+def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint) -> dict:
+    """Count every group by id: generated, trained (and twice), in flight at stop, lost."""
+    generated: dict[str, RolloutGroup] = {}
+    for _, msg in read_all(client, run_id, "rollouts"):
+        if isinstance(msg, RolloutGroup):
+            generated[msg.group_id] = msg
+    for name, stat in stats.items():
+        if name.startswith("actor"):
+            missing = set(stat.group_ids) - set(generated)
+            if missing:  # produced but not in the stream: only an emergency trim can do this
+                generated.update(dict.fromkeys(missing))
+    trained = learner_result["trained_group_ids"]
+    trained_set = set(trained)
+    in_flight = set()
+    unacked_rollouts = unacked_ids(client, run_id, "rollouts")
+    for entry_id, msg in read_all(client, run_id, "rollouts"):
+        if entry_id in unacked_rollouts and isinstance(msg, RolloutGroup):
+            in_flight.add(msg.group_id)
+    unacked_train = unacked_ids(client, run_id, "train")
+    for entry_id, msg in read_all(client, run_id, "train"):
+        if entry_id in unacked_train and isinstance(msg, ScoredGroup):
+            in_flight.add(msg.group.group_id)
+    in_flight -= trained_set
+    lost = set(generated) - trained_set - in_flight
+
+    actor_stats = [s for n, s in stats.items() if n.startswith("actor")]
+    pre_stats = [s for n, s in stats.items() if n.startswith("preprocess")]
+    completions = sum(s.completions for s in actor_stats)
+    tokens = sum(s.completion_tokens for s in actor_stats)
+    loop_s = wall["train_loop_s"]
+    rewards: dict[str, list[float]] = {}
+    for entry_id, msg in read_all(client, run_id, "train"):
+        if isinstance(msg, ScoredGroup) and msg.group.group_id in trained_set:
+            rewards.setdefault(msg.group.variant, []).extend(msg.rewards)
+    verdicts: dict[str, int] = {}
+    for s in pre_stats:
+        for k, v in s.verdicts.items():
+            verdicts[k] = verdicts.get(k, 0) + v
+    wall.update(
+        generate_s=sum(s.generate_s for s in actor_stats),
+        weight_load_s=sum(s.weight_load_s for s in actor_stats),
+        actor_backpressure_wait_s=sum(s.backpressure_wait_s for s in actor_stats),
+        score_s=sum(s.score_s for s in pre_stats),
+        learner_data_wait_s=learner_result["data_wait_s"],
+        learner_forward_backward_s=learner_result["forward_backward_s"],
+        learner_optimizer_s=learner_result["optimizer_s"],
+        learner_broadcast_s=learner_result["broadcast_s"],
+    )
+    dead = client.xlen(stream_key(run_id, "dead"))
+    return {
+        "run_id": run_id,
+        "steps": learner_result["steps"],
+        "groups_generated": len(generated),
+        "groups_trained": len(trained_set),
+        "groups_duplicated": len(trained) - len(trained_set),
+        "groups_lost": len(lost),
+        "groups_in_flight_at_stop": len(in_flight),
+        "groups_dead_lettered": dead,
+        "learner_version": learner_result["learner_version"],
+        "actor_versions": actor_versions,
+        "completions_generated": completions,
+        "completion_tokens_generated": tokens,
+        "completions_per_s": completions / loop_s if loop_s else 0.0,
+        "tokens_per_s": tokens / loop_s if loop_s else 0.0,
+        "reward_mean": {k: sum(v) / len(v) for k, v in sorted(rewards.items())},
+        "verdicts": verdicts,
+        "weight_sync_max_abs_logprob_diff": probe_diffs,
+        "checkpoint": checkpoint,
+        "trained_group_ids": sorted(trained),
+        "in_flight_group_ids": sorted(in_flight),
+        "lost_group_ids": sorted(lost),
+    }

@@ -1,0 +1,99 @@
+"""Moving weights from the learner to the actors over a process group of their own.
+
+The group is separate from DeepSpeed's default group: rank 0 is the learner (it hosts the
+TCPStore), ranks 1..N are the actors' engine processes. gloo on CPU, NCCL on GPU.
+
+A broadcast sends tensors in buckets: tensors of one dtype are packed into a flat buffer of at
+most ``bucket_bytes`` and sent with one collective, so a small model costs a few calls, not one
+per parameter. Every rank must call ``broadcast_tensors`` with the same ``metas``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # a key of _DTYPES
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def meta_of(named: Iterable[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
+    return [TensorMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named]
+
+
+def make_group(host: str, port: int, rank: int, world_size: int, timeout_s: float, backend: str = "gloo"):
+    """A process group that does not touch torch.distributed's default group."""
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=False)
+    prefixed = dist.PrefixStore("pope-weights", store)
+    if backend == "gloo":
+        group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+    elif backend == "nccl":  # GPU path; not exercised on the CPU test machines
+        group = dist.ProcessGroupNCCL(prefixed, rank, world_size)
+    else:
+        raise ValueError(f"weight-sync backend {backend!r}: use 'gloo' (CPU) or 'nccl' (GPU)")
+    return group, store  # the store must outlive the group on the master
+
+
+def _buckets(metas: list[TensorMeta], bucket_bytes: int) -> Iterator[list[int]]:
+    current: list[int] = []
+    size = 0
+    for i, meta in enumerate(metas):
+        nbytes = meta.numel * torch.empty((), dtype=_DTYPES[meta.dtype]).element_size()
+        if current and (size + nbytes > bucket_bytes or metas[current[0]].dtype != meta.dtype):
+            yield current
+            current, size = [], 0
+        current.append(i)
+        size += nbytes
+    if current:
+        yield current
+
+
+def broadcast_tensors(
+    group,
+    metas: list[TensorMeta],
+    tensors: list[torch.Tensor] | None,
+    timeout_s: float,
+    bucket_bytes: int = 256 << 20,
+    device: str = "cpu",
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Send (rank 0, ``tensors`` given) or receive (``tensors`` None) every tensor of ``metas``.
+
+    Yields (name, tensor) in order as buckets arrive, so a receiver can load without holding a
+    second full copy of the model.
+    """
+    timeout = timedelta(seconds=timeout_s)
+    for bucket in _buckets(metas, bucket_bytes):
+        dtype = _DTYPES[metas[bucket[0]].dtype]
+        if tensors is not None:
+            flat = torch.cat([tensors[i].detach().reshape(-1).to(device=device, dtype=dtype) for i in bucket])
+        else:
+            flat = torch.empty(sum(metas[i].numel for i in bucket), dtype=dtype, device=device)
+        group.broadcast(flat, 0, timeout).wait()
+        offset = 0
+        for i in bucket:
+            meta = metas[i]
+            yield meta.name, flat[offset : offset + meta.numel].view(meta.shape)
+            offset += meta.numel
+
+
+def checksum(named: Iterable[tuple[str, torch.Tensor]]) -> float:
+    """Order-independent float64 sum of every element, for quick equality checks."""
+    return float(sum(t.detach().to(torch.float64).sum().item() for _, t in named))

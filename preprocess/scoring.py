@@ -1,0 +1,128 @@
+"""Scoring with math-verify in a worker process that is killed on a deadline.
+
+math-verify's own timeouts use SIGALRM, which fails off the main thread and cannot interrupt some
+inputs (a nested power tower ran far past its timeout). So each verification runs in a child
+process; when the child misses the deadline it is killed and replaced, the rollout is scored 0,
+and the timeout is counted. A verification never blocks a worker for longer than the deadline.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+
+VERDICTS = ("correct", "wrong", "timeout", "error")
+
+
+def wrap_gold(answer: str) -> str:
+    """Gold answers are raw LaTeX; math-verify parses them reliably only inside $...$ or \\boxed{}."""
+    answer = answer.strip()
+    if answer.startswith("$") or "\\boxed" in answer:
+        return answer
+    return f"${answer}$"
+
+
+def verify_one(gold: str, completion: str) -> bool:
+    """math-verify, gold first. Runs in the child process."""
+    from math_verify import parse, verify
+
+    gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)
+    pred_parsed = parse(completion, parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _child(conn) -> None:
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        gold, completion = request
+        try:
+            conn.send(("ok", verify_one(gold, completion)))
+        except Exception as exc:  # deliberate: any verifier failure is a verdict, counted by the parent
+            conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))
+
+
+@dataclass
+class ScoringStats:
+    verified: int = 0
+    correct: int = 0
+    timeouts: int = 0
+    errors: int = 0
+    restarts: int = 0
+    busy_s: float = 0.0
+    last_errors: list[str] = field(default_factory=list)
+
+
+class Verifier:
+    """One child process at a time; ``score`` returns (reward, verdict) within ``timeout_s``."""
+
+    def __init__(self, timeout_s: float = 5.0):
+        self.timeout_s = timeout_s
+        self.stats = ScoringStats()
+        self._ctx = mp.get_context("spawn")  # no fork of a process holding threads and sockets
+        self._proc = None
+        self._conn = None
+        self._start()
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_child, args=(child,), daemon=True, name="pope-verifier")
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def _restart(self) -> None:
+        self._proc.kill()
+        self._proc.join(timeout=5)
+        self._conn.close()
+        self.stats.restarts += 1
+        self._start()
+
+    def score(self, gold: str, completion: str) -> tuple[float, str]:
+        start = time.monotonic()
+        try:
+            self._conn.send((gold, completion))
+            if not self._conn.poll(self.timeout_s):
+                self._restart()
+                self.stats.timeouts += 1
+                return 0.0, "timeout"
+            status, value = self._conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:  # the child died (e.g. out of memory)
+            self._restart()
+            self.stats.errors += 1
+            self.stats.last_errors = (self.stats.last_errors + [f"verifier process died: {exc!r}"])[-5:]
+            return 0.0, "error"
+        finally:
+            self.stats.busy_s += time.monotonic() - start
+        self.stats.verified += 1
+        if status == "error":
+            self.stats.errors += 1
+            self.stats.last_errors = (self.stats.last_errors + [value])[-5:]
+            return 0.0, "error"
+        self.stats.correct += int(value)
+        return (1.0, "correct") if value else (0.0, "wrong")
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+                self._proc.join(timeout=2)
+            except (BrokenPipeError, OSError):
+                pass
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout=5)
+        self._proc = None
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,98 @@
+"""A preprocess worker: rollout groups in, scored groups out.
+
+    rollouts (group "preprocess") ──> math-verify per rollout (killable process, deadline)
+        ──> group advantages ──> train stream (backpressure by the learner's lag) ──> XACK
+
+A rollout entry is acknowledged only after its scored group is written to the train stream, so
+a worker that dies leaves its entries pending for another worker to claim (XAUTOCLAIM).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from broker.schemas import RolloutGroup, ScoredGroup
+from broker.streams import Consumer, Producer, connect
+from preprocess.advantages import group_advantages
+from preprocess.scoring import Verifier
+
+
+@dataclass
+class PreprocessStats:
+    groups_scored: int = 0
+    rollouts_scored: int = 0
+    verdicts: dict[str, int] = field(default_factory=lambda: {"correct": 0, "wrong": 0, "timeout": 0, "error": 0})
+    zero_variance_groups: int = 0
+    score_s: float = 0.0
+    dead_lettered: int = 0
+    claimed: int = 0
+
+
+class PreprocessWorker:
+    def __init__(self, config, worker_index: int, redis_url: str):
+        self.config = config
+        self.run_id = config.run.run_id
+        self.worker_id = f"preprocess{worker_index}"
+        self.client = connect(redis_url, config.broker.socket_timeout_s)
+        self.consumer = Consumer(self.client, self.run_id, "rollouts", self.worker_id)
+        self.producer = Producer(
+            self.client,
+            self.run_id,
+            "train",
+            max_in_flight=config.broker.max_groups_in_flight,
+            maxlen=config.broker.emergency_maxlen,
+        )
+        self.verifier = Verifier(config.preprocess.verify_timeout_s)
+        self.stats = PreprocessStats()
+        self._stop = threading.Event()
+        self.claim_idle_ms = int(max(60.0, 4 * config.preprocess.verify_timeout_s) * 1000)
+
+    def score_group(self, group: RolloutGroup) -> ScoredGroup:
+        start = time.monotonic()
+        rewards, verdicts = [], []
+        for rollout in group.rollouts:
+            reward, verdict = self.verifier.score(group.answer, rollout.text)
+            rewards.append(reward)
+            verdicts.append(verdict)
+            self.stats.verdicts[verdict] += 1
+        advantages = group_advantages(rewards, scale_by_std=self.config.preprocess.scale_by_std)
+        if max(rewards) == min(rewards):
+            self.stats.zero_variance_groups += 1
+        self.stats.score_s += time.monotonic() - start
+        self.stats.rollouts_scored += len(rewards)
+        return ScoredGroup(group=group, rewards=rewards, advantages=advantages, verdicts=verdicts, worker_id=self.worker_id)
+
+    def process_once(self) -> int:
+        """Read, score, publish and acknowledge up to ``groups_per_read`` groups; returns how many."""
+        count = self.config.preprocess.groups_per_read
+        entries = self.consumer.claim_stale(self.claim_idle_ms, count)
+        self.stats.claimed += len(entries)
+        if not entries:
+            entries = self.consumer.read(count, self.config.broker.block_ms)
+        done = []
+        for entry in entries:
+            if not isinstance(entry.message, RolloutGroup):
+                self.consumer.dead_letter(entry.entry_id, b"", f"expected rollout_group, got {entry.message.kind}")
+                continue
+            if not self.producer.wait_for_room(self._stop.is_set):
+                break  # stopping: the rest stay pending, counted as in flight
+            self.producer.put(self.score_group(entry.message))
+            self.consumer.ack([entry.entry_id])
+            self.stats.groups_scored += 1
+            done.append(entry.entry_id)
+        self.stats.dead_lettered = self.consumer.dead_lettered
+        return len(done)
+
+    def run(self) -> PreprocessStats:
+        while not self._stop.is_set():
+            self.process_once()
+        return self.stats
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.verifier.close()
+        self.client.close()
