@@ -52,7 +52,9 @@ class RolloutActor:
         self.run_id = config.run.run_id
         self.actor_id = f"actor{actor_index}"
         self.actor_index = actor_index
-        self.engine = make_engine(config.actors.engine, model_path, config.run.seed + actor_index, config.model.dtype)
+        self.engine = make_engine(
+            config.actors.engine, model_path, config.run.seed + actor_index, config.model.dtype
+        )
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -136,7 +138,9 @@ class RolloutActor:
         for spec, ids, group_samples in zip(specs, prompt_ids, samples, strict=True):
             prefix_tokens = 0
             if spec.prefix_units:
-                prefix_tokens = len(self.tokenizer(spec.prefix_text + " ", add_special_tokens=False)["input_ids"])
+                prefix_tokens = len(
+                    self.tokenizer(spec.prefix_text + " ", add_special_tokens=False)["input_ids"]
+                )
             rollouts = [
                 Rollout(
                     completion_ids=PackedArray.of(s.token_ids, "int32"),

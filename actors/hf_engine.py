@@ -81,7 +81,9 @@ class HFEngine:
             pad_token_id=self.tokenizer.pad_token_id,
         )
         ids = out.sequences[0, len(prompt) :].tolist()
-        lps = [torch.log_softmax(l[0].float(), -1)[t].item() for l, t in zip(out.logits, ids, strict=True)]
+        lps = [
+            torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, ids, strict=True)
+        ]
         return ids, lps
 
     def close(self) -> None:

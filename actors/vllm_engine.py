@@ -16,7 +16,9 @@ from pope.weight_sync import TensorMeta, broadcast_tensors, checksum, make_group
 class WeightReceiver:
     """Mixed into vLLM's worker class (``worker_extension_cls``); runs in the worker process."""
 
-    def pope_init_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+    def pope_init_weight_group(
+        self, host: str, port: int, rank: int, world_size: int, timeout_s: float
+    ) -> None:
         self._pope_group, self._pope_store = make_group(host, port, rank, world_size, timeout_s)
 
     def pope_receive_weights(self, metas: list[tuple], timeout_s: float) -> float:
@@ -54,7 +56,9 @@ class VLLMEngine:
             dtype=dtype,
             seed=seed,
             gpu_memory_utilization=engine_config.gpu_memory_utilization,
-            kv_cache_memory_bytes=None if engine_config.kv_cache_gib is None else int(engine_config.kv_cache_gib * 2**30),
+            kv_cache_memory_bytes=None
+            if engine_config.kv_cache_gib is None
+            else int(engine_config.kv_cache_gib * 2**30),
             max_model_len=engine_config.max_model_len,
             max_num_seqs=engine_config.max_num_seqs,
             enforce_eager=engine_config.enforce_eager,

@@ -70,7 +70,9 @@ class EmbeddedRedis:
             "loglevel warning",
             f"logfile {(self.workdir / 'redis.log').resolve()}",
         ]
-        lines += ["appendonly yes", "appendfsync everysec"] if self.persistence else ['save ""', "appendonly no"]
+        lines += (
+            ["appendonly yes", "appendfsync everysec"] if self.persistence else ['save ""', "appendonly no"]
+        )
         conf.write_text("\n".join(lines) + "\n")
         os.chmod(conf, 0o600)  # it holds the password
         self.process = subprocess.Popen([find_redis_server(), str(conf)], stdout=subprocess.DEVNULL)
@@ -78,7 +80,9 @@ class EmbeddedRedis:
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2)
         while True:
             if self.process.poll() is not None:
-                log = (self.workdir / "redis.log").read_text() if (self.workdir / "redis.log").exists() else ""
+                log = (
+                    (self.workdir / "redis.log").read_text() if (self.workdir / "redis.log").exists() else ""
+                )
                 raise RuntimeError(f"redis-server exited with code {self.process.returncode}: {log[-2000:]}")
             try:
                 client.ping()
@@ -86,7 +90,9 @@ class EmbeddedRedis:
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"redis-server did not answer on port {self.port} within {self.start_timeout_s}s")
+                    raise TimeoutError(
+                        f"redis-server did not answer on port {self.port} within {self.start_timeout_s}s"
+                    ) from None
                 time.sleep(0.05)
 
     def stop(self) -> None:

@@ -64,7 +64,9 @@ class RolloutGroup(Message):
     prompt_ids: PackedArray = Field(description="Prompt tokens, int32, shape [P]; chat template included.")
     rollouts: list[Rollout]
     policy_version_start: int = Field(ge=0, description="Weight version when the group's sampling began.")
-    policy_version_end: int = Field(ge=0, description="Weight version when it ended (equal unless an update landed).")
+    policy_version_end: int = Field(
+        ge=0, description="Weight version when it ended (equal unless an update landed)."
+    )
     actor_id: str
     sampled_at: float = Field(description="Unix time the group was written.")
     generate_s: float = Field(ge=0, description="Engine wall time of the call that sampled this group, s.")

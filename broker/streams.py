@@ -72,16 +72,28 @@ def ensure_groups(client: redis.Redis, run_id: str) -> None:
 
 
 def stream_health(client: redis.Redis, run_id: str, stream: str) -> StreamHealth:
+    """Length, lag, pending and loss of a stream's consumer group.
+
+    ``lag`` counts entries added but not yet delivered to the group (Redis 7: entries-added minus
+    the group's entries-read); those still in the stream are ``undelivered``; the difference was
+    trimmed away unread and is ``lost``. Redis 6.2 has no counters: lag is what is left to read.
+    """
     key = stream_key(run_id, stream)
     group = GROUPS[stream]
-    length = client.xlen(key)
     info = next((g for g in client.xinfo_groups(key) if _s(g["name"]) == group), None)
     if info is None:
         raise RuntimeError(f"consumer group {group!r} of {key} does not exist")
-    lag = info.get("lag")
-    if lag is None:  # Redis < 7, or lag not computable after trimming: count what is left to read
-        lag = len(client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+"))
-    return StreamHealth(length=length, lag=int(lag), pending=int(info["pending"]), lost=max(0, int(lag) - length))
+    stream_info = client.xinfo_stream(key)
+    length = int(stream_info["length"])
+    undelivered = len(client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+"))
+    entries_added = stream_info.get("entries-added")
+    entries_read = info.get("entries-read")
+    if entries_read is None and _s(info["last-delivered-id"]) == "0-0":
+        entries_read = 0
+    lag = undelivered
+    if entries_added is not None and entries_read is not None:
+        lag = max(undelivered, int(entries_added) - int(entries_read))
+    return StreamHealth(length=length, lag=lag, pending=int(info["pending"]), lost=lag - undelivered)
 
 
 def _s(value) -> str:
@@ -138,7 +150,9 @@ class Consumer:
         self.dead_lettered = 0
 
     def read(self, count: int, block_ms: int) -> list[Entry]:
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms
+        )
         return self._decode_entries(reply[0][1] if reply else [])
 
     def claim_stale(self, min_idle_ms: int, count: int) -> list[Entry]:
@@ -152,7 +166,9 @@ class Consumer:
 
     def dead_letter(self, entry_id: str, payload: bytes, reason: str) -> None:
         """Set an entry aside with its reason, then acknowledge it so it is not delivered again."""
-        letter = DeadLetter(stream=self.stream, entry_id=entry_id, reason=reason, consumer=self.consumer, payload=payload)
+        letter = DeadLetter(
+            stream=self.stream, entry_id=entry_id, reason=reason, consumer=self.consumer, payload=payload
+        )
         pipe = self.client.pipeline()
         pipe.xadd(stream_key(self.run_id, "dead"), {FIELD: encode(letter)})
         pipe.xack(self.key, self.group, entry_id)

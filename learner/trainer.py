@@ -86,7 +86,12 @@ class Learner:
             "wall_clock_breakdown": False,
         }
         if not torch.distributed.is_initialized():
-            for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+            for key, value in {
+                "RANK": "0",
+                "LOCAL_RANK": "0",
+                "WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1",
+            }.items():
                 os.environ.setdefault(key, value)
             if "MASTER_PORT" not in os.environ:
                 from broker.embedded import free_port
@@ -113,8 +118,10 @@ class Learner:
     def init_weight_group(self, host: str, port: int, world_size: int) -> None:
         self.group, self._store = make_group(host, port, 0, world_size, self.cfg.broadcast_timeout_s)
 
-    def broadcast(self) -> tuple[float, int]:
-        """Send the current weights to every actor; returns (seconds, bytes)."""
+    def broadcast(self) -> tuple[float, int, float, list[float]]:
+        """Send the current weights to every actor.
+
+        Returns (seconds, bytes, the learner's checksum, each actor's checksum of what it loaded)."""
         import ray
 
         start = time.monotonic()
@@ -128,9 +135,11 @@ class Learner:
         sent = checksum(named)
         for handle_index, value in enumerate(received):
             if not math.isclose(value, sent, rel_tol=1e-9, abs_tol=1e-6):
-                raise RuntimeError(f"actor{handle_index} received weights with checksum {value}, learner sent {sent}")
+                raise RuntimeError(
+                    f"actor{handle_index} received weights with checksum {value}, learner sent {sent}"
+                )
         num_bytes = sum(t.numel() * t.element_size() for _, t in named)
-        return time.monotonic() - start, num_bytes
+        return time.monotonic() - start, num_bytes, sent, list(received)
 
     # -- data ------------------------------------------------------------------------------------
     def collect(self) -> list:
@@ -150,7 +159,9 @@ class Learner:
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, groups: list[ScoredGroup]) -> dict[str, float]:
         temperature = self.config.actors.temperature
-        input_ids, attention, targets, mask, behaviour_lp, advantages = pack_groups(groups, self.tokenizer.pad_token_id)
+        input_ids, attention, targets, mask, behaviour_lp, advantages = pack_groups(
+            groups, self.tokenizer.pad_token_id
+        )
         total_tokens = mask.sum().clamp(min=1.0)
         mb = self.cfg.micro_batch_size
         stats = {"loss": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio": 0.0, "entropy": 0.0}
@@ -213,14 +224,18 @@ class Learner:
                 metrics = self.train_step(groups)
                 self.step += 1
                 self.version += 1
-                broadcast_s, num_bytes = self.broadcast()
+                broadcast_s, num_bytes, sent, received = self.broadcast()
                 self.control.publish(
-                    WeightsPublished(version=self.version, step=self.step, broadcast_s=broadcast_s, num_bytes=num_bytes)
+                    WeightsPublished(
+                        version=self.version, step=self.step, broadcast_s=broadcast_s, num_bytes=num_bytes
+                    )
                 )
                 self.consumer.ack([e.entry_id for e in entries])
                 group_ids = [g.group.group_id for g in groups]
                 self.trained_group_ids.extend(group_ids)
-                metrics.update(data_wait_s=data_wait_s, broadcast_s=broadcast_s, step_s=time.monotonic() - start)
+                metrics.update(
+                    data_wait_s=data_wait_s, broadcast_s=broadcast_s, step_s=time.monotonic() - start
+                )
                 for key in self.totals:
                     self.totals[key] += metrics[key]
                 by_variant: dict[str, list[float]] = {}
@@ -233,6 +248,8 @@ class Learner:
                     "learner_version": self.version,
                     "time": time.time(),
                     **metrics,
+                    "weights_checksum_learner": sent,
+                    "weights_checksum_actors": received,
                     "groups": [
                         {
                             "group_id": g.group.group_id,
@@ -250,8 +267,15 @@ class Learner:
                 }
                 log.write(json.dumps(line) + "\n")
                 log.flush()
-                self.control.publish(StepReport(step=self.step, metrics={k: float(v) for k, v in metrics.items()}))
-        return {"steps": self.step, "learner_version": self.version, "trained_group_ids": self.trained_group_ids, **self.totals}
+                self.control.publish(
+                    StepReport(step=self.step, metrics={k: float(v) for k, v in metrics.items()})
+                )
+        return {
+            "steps": self.step,
+            "learner_version": self.version,
+            "trained_group_ids": self.trained_group_ids,
+            **self.totals,
+        }
 
     # -- checks and output -------------------------------------------------------------------------
     @torch.no_grad()

@@ -32,12 +32,18 @@ def _config(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pope", description="Privileged On-Policy Exploration: async RL for LLM reasoning")
+    parser = argparse.ArgumentParser(
+        prog="pope", description="Privileged On-Policy Exploration: async RL for LLM reasoning"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="run a training job (local Ray, or the cluster under ray job submit)")
+    train = sub.add_parser(
+        "train", help="run a training job (local Ray, or the cluster under ray job submit)"
+    )
     train.add_argument("--config", help="YAML config file (configs/*.yaml); defaults when omitted")
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.steps=5 actors.num_actors=1")
+    train.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. learner.steps=5 actors.num_actors=1"
+    )
     train.set_defaults(func=_train)
 
     config = sub.add_parser("config", help="print the resolved config, or its JSON schema")

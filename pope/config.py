@@ -28,7 +28,9 @@ class RunConfig(Section):
         pattern=r"^[a-zA-Z0-9_-]{1,48}$",
         description="Names every Ray actor, Redis key and metric of this run; generated when unset.",
     )
-    output_dir: Path = Field(Path("runs"), description="Parent folder of the run directory <output_dir>/<run_id>.")
+    output_dir: Path = Field(
+        Path("runs"), description="Parent folder of the run directory <output_dir>/<run_id>."
+    )
     seed: int = Field(0, ge=0, description="Seeds the sampler, the model builder and generation.")
 
 
@@ -102,9 +104,13 @@ EngineConfig = Annotated[VLLMEngineConfig | HFEngineConfig, Field(discriminator=
 
 class ActorsConfig(Section):
     num_actors: int = Field(2, ge=1, le=4096, description="Ray actors, each hosting one generation engine.")
-    engine: EngineConfig = Field(default_factory=VLLMEngineConfig, description="Generation engine of every actor.")
+    engine: EngineConfig = Field(
+        default_factory=VLLMEngineConfig, description="Generation engine of every actor."
+    )
     num_rollouts: int = Field(8, ge=2, le=64, description="Rollouts sampled per prompt (GRPO group size G).")
-    prompts_per_call: int = Field(4, ge=1, le=4096, description="Prompts per engine call; weights load between calls.")
+    prompts_per_call: int = Field(
+        4, ge=1, le=4096, description="Prompts per engine call; weights load between calls."
+    )
     max_new_tokens: int = Field(32, ge=1, le=131072, description="Generation budget per rollout, tokens.")
     temperature: float = Field(1.0, gt=0.0, le=4.0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
@@ -112,7 +118,8 @@ class ActorsConfig(Section):
     num_gpus: float = Field(0.0, ge=0.0, description="Ray GPUs reserved per actor.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
     resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources each actor needs (places actors on actor nodes)."
+        default_factory=dict,
+        description="Custom Ray resources each actor needs (places actors on actor nodes).",
     )
 
 
@@ -158,8 +165,12 @@ class LearnerConfig(Section):
     num_cpus: float = Field(1.0, gt=0.0, description="Ray CPUs reserved for the learner.")
     num_gpus: float = Field(0.0, ge=0.0, description="Ray GPUs reserved for the learner.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads of the learner.")
-    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources of the learner.")
-    broadcast_timeout_s: float = Field(300.0, gt=0, description="Deadline of a weight broadcast to the actors.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources of the learner."
+    )
+    broadcast_timeout_s: float = Field(
+        300.0, gt=0, description="Deadline of a weight broadcast to the actors."
+    )
     data_timeout_s: float = Field(
         600.0, gt=0, description="The learner fails, naming the stream, when no data arrives for this long."
     )
@@ -256,7 +267,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}"
+            )
         tree = loaded
     for text in overrides:
         key, value = parse_override(text)

@@ -22,7 +22,15 @@ from pathlib import Path
 
 from broker.embedded import EmbeddedRedis
 from broker.schemas import RolloutGroup, ScoredGroup, StepReport
-from broker.streams import ControlChannel, connect, ensure_groups, read_all, stream_health, stream_key, unacked_ids
+from broker.streams import (
+    ControlChannel,
+    connect,
+    ensure_groups,
+    read_all,
+    stream_health,
+    stream_key,
+    unacked_ids,
+)
 from pope.config import PopeConfig, dump_config
 from pope.tiny_model import resolve_model_path
 
@@ -111,7 +119,9 @@ def train(config: PopeConfig, printer=print) -> dict:
         project_root = str(Path(__file__).resolve().parent.parent)
         pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
 
-        def options(name: str, num_cpus: float, num_gpus: float, resources: dict, threads: int, concurrency: int):
+        def options(
+            name: str, num_cpus: float, num_gpus: float, resources: dict, threads: int, concurrency: int
+        ):
             env = _process_env(config, threads) | {"PYTHONPATH": pythonpath}
             return {
                 "name": f"pope-{run_id}-{name}",
@@ -125,7 +135,9 @@ def train(config: PopeConfig, printer=print) -> dict:
         acfg, lcfg, pcfg = config.actors, config.learner, config.preprocess
         actors = [
             ray.remote(RolloutActor)
-            .options(**options(f"actor{i}", acfg.num_cpus, acfg.num_gpus, acfg.resources, acfg.torch_threads, 4))
+            .options(
+                **options(f"actor{i}", acfg.num_cpus, acfg.num_gpus, acfg.resources, acfg.torch_threads, 4)
+            )
             .remote(config, i, model_path, redis_url)
             for i in range(acfg.num_actors)
         ]
@@ -139,7 +151,9 @@ def train(config: PopeConfig, printer=print) -> dict:
         handles += workers
         learner = (
             ray.remote(Learner)
-            .options(**options("learner", lcfg.num_cpus, lcfg.num_gpus, lcfg.resources, lcfg.torch_threads, 2))
+            .options(
+                **options("learner", lcfg.num_cpus, lcfg.num_gpus, lcfg.resources, lcfg.torch_threads, 2)
+            )
             .remote(config, model_path, redis_url, str(run_dir), actors)
         )
         handles.append(learner)
@@ -153,14 +167,18 @@ def train(config: PopeConfig, printer=print) -> dict:
         _wait_all(names, "starting")
 
         host = ray.get(learner.__ray_call__.remote(lambda self: ray.util.get_node_ip_address()))
-        port = ray.get(learner.__ray_call__.remote(lambda self: __import__("broker.embedded").embedded.free_port()))
+        port = ray.get(
+            learner.__ray_call__.remote(lambda self: __import__("broker.embedded").embedded.free_port())
+        )
         world = acfg.num_actors + 1
         group_refs = {learner.init_weight_group.remote(host, port, world): "learner"}
         for i, a in enumerate(actors):
             group_refs[a.init_weight_group.remote(host, port, world, lcfg.broadcast_timeout_s)] = f"actor{i}"
         _wait_all(group_refs, "joining the weight-broadcast group")
         wall["setup_s"] = time.monotonic() - t_start
-        printer(f"setup done in {wall['setup_s']:.1f}s: {acfg.num_actors} actors, {pcfg.num_workers} preprocess, 1 learner")
+        printer(
+            f"setup done in {wall['setup_s']:.1f}s: {acfg.num_actors} actors, {pcfg.num_workers} preprocess, 1 learner"
+        )
 
         t_loop = time.monotonic()
         loop_refs = {learner.run.remote(lcfg.steps): "learner"}
@@ -174,7 +192,10 @@ def train(config: PopeConfig, printer=print) -> dict:
             ready, _ = ray.wait(list(loop_refs), num_returns=1, timeout=0.5)
             for report in control.poll():
                 if isinstance(report, StepReport):
-                    lag = stream_health(client, run_id, "rollouts").in_flight + stream_health(client, run_id, "train").in_flight
+                    lag = (
+                        stream_health(client, run_id, "rollouts").in_flight
+                        + stream_health(client, run_id, "train").in_flight
+                    )
                     printer(_progress(report, lcfg.steps, t_loop, lag))
             if not ready:
                 continue
@@ -198,9 +219,11 @@ def train(config: PopeConfig, printer=print) -> dict:
         stats = dict(zip(stop_refs.values(), _wait_all(stop_refs, "stopping"), strict=True))
 
         # Every actor now holds the final weights: check it on a fixed prompt.
-        probe_prompt = ray.get(actors[0].__ray_call__.remote(lambda self: self.tokenizer("Compute 1 + 2.")["input_ids"]))
+        probe_prompt = ray.get(
+            actors[0].__ray_call__.remote(lambda self: self.tokenizer("Compute 1 + 2.")["input_ids"])
+        )
         probe_diffs = []
-        for i, a in enumerate(actors):
+        for a in actors:
             ids, actor_lp = ray.get(a.probe.remote(probe_prompt, PROBE_TOKENS))
             learner_lp = ray.get(learner.logprobs_of.remote(probe_prompt, ids))
             probe_diffs.append(max(abs(x - y) for x, y in zip(actor_lp, learner_lp, strict=True)))
@@ -210,7 +233,9 @@ def train(config: PopeConfig, printer=print) -> dict:
         if lcfg.save_checkpoint:
             checkpoint = ray.get(learner.save_hf.remote(str(run_dir / "checkpoint")))
 
-        summary = _account(client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint)
+        summary = _account(
+            client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint
+        )
         for handle in actors + workers:
             ray.get(handle.close.remote())
         ray.get(learner.close.remote())
@@ -231,7 +256,9 @@ def _wait_all(refs: dict, what: str, timeout_s: float = 900.0) -> list:
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
-            raise ComponentFailed(f"{', '.join(pending.values())}: no answer within {timeout_s:.0f}s while {what}")
+            raise ComponentFailed(
+                f"{', '.join(pending.values())}: no answer within {timeout_s:.0f}s while {what}"
+            )
         name = pending.pop(ready[0])
         try:
             results[ready[0]] = ray.get(ready[0])
@@ -281,7 +308,7 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
     tokens = sum(s.completion_tokens for s in actor_stats)
     loop_s = wall["train_loop_s"]
     rewards: dict[str, list[float]] = {}
-    for entry_id, msg in read_all(client, run_id, "train"):
+    for _, msg in read_all(client, run_id, "train"):
         if isinstance(msg, ScoredGroup) and msg.group.group_id in trained_set:
             rewards.setdefault(msg.group.variant, []).extend(msg.rewards)
     verdicts: dict[str, int] = {}

@@ -42,7 +42,9 @@ def max_prefix_units(problem: Problem, prefix_fraction: float) -> int:
     return min(usable, max(1, int(prefix_fraction * len(problem.solution_steps))))
 
 
-def sample_prompts(problems: list[Problem], data: DataConfig, seed: int, shard: int, num_shards: int) -> Iterator[PromptSpec]:
+def sample_prompts(
+    problems: list[Problem], data: DataConfig, seed: int, shard: int, num_shards: int
+) -> Iterator[PromptSpec]:
     """An endless stream of prompts for one actor: its shard of the problems, reshuffled each epoch.
 
     Each problem becomes a guided prompt with probability ``guided_fraction`` (when it has

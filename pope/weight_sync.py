@@ -41,7 +41,9 @@ def meta_of(named: Iterable[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
 def make_group(host: str, port: int, rank: int, world_size: int, timeout_s: float, backend: str = "gloo"):
     """A process group that does not touch torch.distributed's default group."""
     timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=False)
+    store = dist.TCPStore(
+        host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=False
+    )
     prefixed = dist.PrefixStore("pope-weights", store)
     if backend == "gloo":
         group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)

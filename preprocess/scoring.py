@@ -94,7 +94,11 @@ class Verifier:
                 self.stats.timeouts += 1
                 return 0.0, "timeout"
             status, value = self._conn.recv()
-        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:  # the child died (e.g. out of memory)
+        except (
+            EOFError,
+            BrokenPipeError,
+            ConnectionResetError,
+        ) as exc:  # the child died (e.g. out of memory)
             self._restart()
             self.stats.errors += 1
             self.stats.last_errors = (self.stats.last_errors + [f"verifier process died: {exc!r}"])[-5:]

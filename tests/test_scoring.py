@@ -1,0 +1,60 @@
+"""Scoring runs real math-verify in a killable child process."""
+
+import json
+import time
+
+import pytest
+
+from preprocess.scoring import Verifier, wrap_gold
+from tests.conftest import SHARED_DATA
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    with Verifier(timeout_s=3.0) as v:
+        yield v
+
+
+def test_correct_and_wrong(verifier):
+    assert verifier.score("6", "so the answer is $\\boxed{6}$.") == (1.0, "correct")
+    assert verifier.score("6", "so the answer is $\\boxed{7}$.") == (0.0, "wrong")
+    assert verifier.score("\\frac{1}{2}", "We get $\\boxed{0.5}$") == (1.0, "correct")
+    assert verifier.score("6", "no answer here at all") == (0.0, "wrong")
+
+
+def test_gold_is_wrapped():
+    assert wrap_gold("2\\sqrt{3}") == "$2\\sqrt{3}$"
+    assert wrap_gold("$5$") == "$5$"
+    assert wrap_gold("\\boxed{5}") == "\\boxed{5}"
+
+
+def test_wrapped_gold_keeps_radicals(verifier):
+    # raw 2\sqrt{3} parses to 2 unless wrapped: a completion answering 2 must be wrong
+    assert verifier.score("2\\sqrt{3}", "$\\boxed{2}$")[1] == "wrong"
+    assert verifier.score("2\\sqrt{3}", "$\\boxed{2\\sqrt{3}}$")[1] == "correct"
+
+
+def test_hanging_verification_costs_one_timeout(verifier):
+    before = verifier.stats.timeouts
+    tower = "$\\boxed{" + "9^{" * 12 + "9" + "}" * 12 + "}$"
+    start = time.monotonic()
+    reward, verdict = verifier.score("9^{9^{9^{9^{9^{9^{9^{9^{9^{9^{9^{9^{10}}}}}}}}}}}}", tower)
+    elapsed = time.monotonic() - start
+    assert (reward, verdict) == (0.0, "timeout")
+    assert elapsed < verifier.timeout_s + 2.0
+    assert verifier.stats.timeouts == before + 1
+    # the replacement process works
+    assert verifier.score("6", "$\\boxed{6}$") == (1.0, "correct")
+
+
+def test_real_benchmark_answers_verify_against_themselves(verifier):
+    rows = [
+        json.loads(line) for line in (SHARED_DATA / "aime2025.jsonl").read_text().splitlines() if line.strip()
+    ]
+    assert len(rows) == 30
+    for row in rows[:10]:
+        answer = str(row["answer"])
+        assert verifier.score(answer, f"Therefore $\\boxed{{{answer}}}$.") == (1.0, "correct"), row["id"]
+        assert verifier.score(answer, f"Therefore $\\boxed{{{int(answer) + 1}}}$.")[1] == "wrong", row["id"]
