@@ -61,7 +61,6 @@ def _start_ray(config: PopeConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    # The learner and actor processes import project code: ship the working dir's packages.
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=f"pope-{config.run.run_id}", log_to_driver=True)
         return False
@@ -116,13 +115,10 @@ def train(config: PopeConfig, printer=print) -> dict:
         from learner.trainer import Learner
         from preprocess.worker import PreprocessWorker
 
-        project_root = str(Path(__file__).resolve().parent.parent)
-        pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
-
         def options(
             name: str, num_cpus: float, num_gpus: float, resources: dict, threads: int, concurrency: int
         ):
-            env = _process_env(config, threads) | {"PYTHONPATH": pythonpath}
+            env = _process_env(config, threads)
             return {
                 "name": f"pope-{run_id}-{name}",
                 "num_cpus": num_cpus,
