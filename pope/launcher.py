@@ -18,7 +18,6 @@ import json
 import os
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 from broker.embedded import EmbeddedRedis
 from broker.schemas import RolloutGroup, ScoredGroup, StepReport
