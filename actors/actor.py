@@ -67,11 +67,11 @@ class RolloutActor:
             maxlen=config.broker.emergency_maxlen,
         )
         data = config.data
+        from pope.datasets import FieldMap
+
+        fields = FieldMap(data.problem_field, data.answer_field, data.solution_field, data.id_field)
         problems = load_problems(
-            data.source,
-            data.num_problems,
-            config.run.seed,
-            (data.problem_field, data.answer_field, data.solution_field),
+            data.source, data.num_problems, config.run.seed, fields, data.max_bad_fraction
         )
         self.prompts = sample_prompts(problems, data, config.run.seed, actor_index, config.actors.num_actors)
         self.version = 0

@@ -55,6 +55,13 @@ class DataConfig(Section):
     problem_field: str = Field("problem", description="JSONL field holding the problem statement.")
     answer_field: str = Field("answer", description="JSONL field holding the gold answer.")
     solution_field: str = Field("solution", description="JSONL field holding the oracle (human) solution.")
+    id_field: str | None = Field(None, description="Field holding a problem id; row numbers when unset.")
+    max_bad_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="A load fails when more than this share of rows is invalid (each is reported).",
+    )
     guided_fraction: float = Field(
         0.5,
         ge=0.0,
@@ -148,7 +155,15 @@ class PreprocessConfig(Section):
         5.0, gt=0, description="Deadline of one math-verify call; the worker process is killed past it."
     )
     groups_per_read: int = Field(4, ge=1, description="Rollout groups a worker reads per stream call.")
-    scale_by_std: bool = Field(False, description="Divide group advantages by the group's reward std.")
+    advantage: Literal["group_mean", "leave_one_out", "passk"] = Field(
+        "group_mean",
+        description="Advantage estimator within a group: r - mean(r); leave-one-out r_i - mean(r_-i); or the "
+        "pass@k objective's unbiased policy-gradient weights for binary rewards.",
+    )
+    scale_by_std: bool = Field(False, description="Divide group advantages by the group's reward std (GRPO).")
+    passk_k: int = Field(
+        4, ge=1, description="k of the pass@k objective (advantage=passk); at most num_rollouts."
+    )
     num_cpus: float = Field(0.25, gt=0.0, description="Ray CPUs reserved per preprocess worker.")
 
 
@@ -160,6 +175,48 @@ class LearnerConfig(Section):
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     eps_low: float = Field(0.2, ge=0, le=1, description="Lower clip of the ratio: 1 - eps_low.")
     eps_high: float = Field(0.2, ge=0, le=10, description="Upper clip of the ratio: 1 + eps_high.")
+    dual_clip: float | None = Field(
+        None,
+        gt=1.0,
+        description="Dual clip c > 1: for negative advantages the loss is capped at -c*A. Off when unset.",
+    )
+    loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum"] = Field(
+        "token_mean",
+        description="How per-token losses make the step's loss: mean over all tokens of the step (default), mean "
+        "of per-sequence means, or sum over tokens divided by loss_constant.",
+    )
+    loss_constant: float = Field(
+        4096.0, gt=0, description="Denominator of loss_aggregation=token_sum, tokens."
+    )
+    advantage_batch_norm: Literal["none", "batch_std", "batch_mean_std"] = Field(
+        "none",
+        description="Batch-level normalisation of the group advantages: divide by the step's std, or subtract the "
+        "step's mean and divide by its std.",
+    )
+    skip_zero_variance_groups: bool = Field(
+        False,
+        description="Drop groups whose rewards are all equal (no signal); they are counted, not trained.",
+    )
+    max_policy_lag: int | None = Field(
+        None,
+        ge=0,
+        description="Drop (and count) groups sampled more than this many versions ago. Off when unset.",
+    )
+    importance: Literal["behaviour", "tis"] = Field(
+        "behaviour",
+        description="Ratio against the actors' behaviour logprobs, or truncated importance sampling: ratio against "
+        "the learner's own logprobs times min(pi_learner / pi_behaviour, tis_cap).",
+    )
+    tis_cap: float = Field(2.0, gt=0, description="Cap of the truncated importance weight.")
+    entropy_coef: float = Field(
+        0.0, ge=0, description="Entropy bonus coefficient (a baseline of the paper; 0 = off)."
+    )
+    kl_coef: float = Field(
+        0.0, ge=0, description="KL penalty to the frozen initial model (0 = off, no reference kept)."
+    )
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k3", description="KL estimator: k1 = log ratio, k3 = Schulman's k3."
+    )
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
     num_cpus: float = Field(1.0, gt=0.0, description="Ray CPUs reserved for the learner.")
@@ -195,6 +252,11 @@ class PopeConfig(Section):
             raise ValueError(
                 f"actors.max_new_tokens ({self.actors.max_new_tokens}) must be below "
                 f"actors.engine.max_model_len ({engine.max_model_len})"
+            )
+        if self.preprocess.advantage == "passk" and self.preprocess.passk_k > self.actors.num_rollouts:
+            raise ValueError(
+                f"preprocess.passk_k ({self.preprocess.passk_k}) must be at most actors.num_rollouts "
+                f"({self.actors.num_rollouts})"
             )
         if self.broker.max_groups_in_flight < self.learner.groups_per_step:
             raise ValueError(

@@ -294,8 +294,9 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
     for entry_id, msg in read_all(client, run_id, "train"):
         if entry_id in unacked_train and isinstance(msg, ScoredGroup):
             in_flight.add(msg.group.group_id)
-    in_flight -= trained_set
-    lost = set(generated) - trained_set - in_flight
+    skipped = {gid for ids in learner_result["skipped_group_ids"].values() for gid in ids}
+    in_flight -= trained_set | skipped
+    lost = set(generated) - trained_set - skipped - in_flight
 
     actor_stats = [s for n, s in stats.items() if n.startswith("actor")]
     pre_stats = [s for n, s in stats.items() if n.startswith("preprocess")]
@@ -329,6 +330,7 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         "groups_duplicated": len(trained) - len(trained_set),
         "groups_lost": len(lost),
         "groups_in_flight_at_stop": len(in_flight),
+        "groups_skipped": {reason: len(ids) for reason, ids in learner_result["skipped_group_ids"].items()},
         "groups_dead_lettered": dead,
         "learner_version": learner_result["learner_version"],
         "actor_versions": actor_versions,

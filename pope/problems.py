@@ -7,7 +7,6 @@ sometimes guesses it (useful for plumbing; issue D builds the harder testbed).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ class Problem:
 
     @property
     def solution(self) -> str:
-        return " ".join(self.solution_steps)
+        """Steps keep their trailing whitespace, so the solution is their plain concatenation."""
+        return "".join(self.solution_steps)
 
 
 def arithmetic_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
@@ -47,6 +47,7 @@ def arithmetic_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
             expression += f" + {operand}"
             steps.append(f"{value} + {operand} = {new_value}.")
         value = new_value
+    steps = [step + " " for step in steps]  # units keep the whitespace after them
     steps.append(f"The answer is $\\boxed{{{value}}}$.")
     return Problem(
         problem_id=f"arith-{index:06d}",
@@ -62,38 +63,16 @@ def builtin_arithmetic(num_problems: int, seed: int) -> list[Problem]:
     return [arithmetic_problem(rng, i, num_ops=rng.randint(2, 4)) for i in range(num_problems)]
 
 
-def load_jsonl(path: Path, problem_field: str, answer_field: str, solution_field: str) -> list[Problem]:
-    """Read problems from JSONL; a bad row is an error naming the file, row and field."""
-    problems = []
-    with open(path, encoding="utf-8") as handle:
-        for row_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{row_number}: not valid JSON ({exc.msg})") from None
-            for name in (problem_field, answer_field):
-                if not isinstance(row.get(name), (str, int, float)) or str(row.get(name)).strip() == "":
-                    raise ValueError(f"{path}:{row_number}: field {name!r} is missing or empty")
-            solution = row.get(solution_field) or ""
-            steps = tuple(s.strip() + "." for s in str(solution).split(".") if s.strip())
-            problems.append(
-                Problem(
-                    problem_id=str(row.get("id", f"{path.stem}-{row_number}")),
-                    problem=str(row[problem_field]),
-                    answer=str(row[answer_field]),
-                    solution_steps=steps,
-                    source=str(path),
-                )
-            )
-    return problems
-
-
-def load_problems(source: str, num_problems: int, seed: int, fields: tuple[str, str, str]) -> list[Problem]:
+def load_problems(
+    source: str, num_problems: int, seed: int, fields, max_bad_fraction: float = 0.1
+) -> list[Problem]:
+    """The run's problems: the built-in set, or a JSONL/Parquet file validated row by row."""
     if source == "builtin:arithmetic":
         return builtin_arithmetic(num_problems, seed)
+    from pope.datasets import load_file
+
     path = Path(source)
-    if path.suffix == ".jsonl" and path.is_file():
-        return load_jsonl(path, *fields)
-    raise ValueError(f"data.source {source!r}: not 'builtin:arithmetic' and not an existing .jsonl file")
+    if not path.is_file():
+        raise ValueError(f"data.source {source!r}: not 'builtin:arithmetic' and not an existing file")
+    problems, _report = load_file(path, fields, max_bad_fraction=max_bad_fraction)
+    return problems

@@ -23,7 +23,7 @@ class PromptSpec:
 
     @property
     def prefix_text(self) -> str:
-        return " ".join(self.problem.solution_steps[: self.prefix_units])
+        return "".join(self.problem.solution_steps[: self.prefix_units])
 
 
 def render_prompt(tokenizer, spec: PromptSpec, data: DataConfig) -> str:
@@ -32,7 +32,7 @@ def render_prompt(tokenizer, spec: PromptSpec, data: DataConfig) -> str:
     messages = [{"role": "system", "content": system}, {"role": "user", "content": spec.problem.problem}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if spec.prefix_units:
-        text += spec.prefix_text + " "
+        text += spec.prefix_text
     return text
 
 

@@ -59,7 +59,8 @@ class PreprocessWorker:
             rewards.append(reward)
             verdicts.append(verdict)
             self.stats.verdicts[verdict] += 1
-        advantages = group_advantages(rewards, scale_by_std=self.config.preprocess.scale_by_std)
+        cfg = self.config.preprocess
+        advantages = group_advantages(rewards, cfg.scale_by_std, estimator=cfg.advantage, k=cfg.passk_k)
         if max(rewards) == min(rewards):
             self.stats.zero_variance_groups += 1
         self.stats.score_s += time.monotonic() - start

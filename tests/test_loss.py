@@ -7,7 +7,7 @@ import torch
 
 from broker.schemas import PackedArray, Rollout, RolloutGroup, ScoredGroup
 from learner.loss import clipped_surrogate, token_logprobs
-from learner.trainer import pack_groups
+from learner.policy import pack_groups
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +32,7 @@ def test_surrogate_matches_naive_float64():
     adv = torch.tensor([[0.5] * 5, [-0.25] * 5, [1.5] * 5], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1], [1, 0, 1, 0, 1]], dtype=torch.float64)
     terms = clipped_surrogate(new, old, adv, mask, eps_low=0.2, eps_high=0.28)
-    got = (terms.loss_sum / mask.sum()).item()
+    got = (terms.per_token.sum() / mask.sum()).item()
     want = naive_loss(new.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.28)
     assert got == pytest.approx(want, rel=1e-12)
 
@@ -44,8 +44,8 @@ def test_clip_by_hand():
     old = torch.zeros(1, 2, dtype=torch.float64)
     adv = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
     terms = clipped_surrogate(new, old, adv, torch.ones(1, 2), 0.2, 0.2)
-    assert (terms.loss_sum / 2).item() == pytest.approx(-0.2, abs=1e-12)
-    assert terms.clipped_high.item() == 1 and terms.clipped_low.item() == 1
+    assert (terms.per_token.sum() / 2).item() == pytest.approx(-0.2, abs=1e-12)
+    assert terms.clipped_high.sum().item() == 1 and terms.clipped_low.sum().item() == 1
 
 
 def test_gradient_matches_finite_differences():
@@ -56,7 +56,7 @@ def test_gradient_matches_finite_differences():
     mask = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0]], dtype=torch.float64)
 
     def f(x):
-        return clipped_surrogate(x, old, adv, mask, 0.2, 0.2).loss_sum / mask.sum()
+        return clipped_surrogate(x, old, adv, mask, 0.2, 0.2).per_token.sum() / mask.sum()
 
     f(new).backward()
     h = 1e-6
@@ -136,7 +136,113 @@ def test_prefix_tokens_get_no_gradient():
     logits = torch.randn(1, input_ids.shape[1] - 1, 16, requires_grad=True)
     logp = token_logprobs(logits, targets)
     terms = clipped_surrogate(logp, behaviour, adv, mask, 0.2, 0.2)
-    terms.loss_sum.backward()
+    terms.per_token.sum().backward()
     grad_per_position = logits.grad.abs().sum(-1)[0]
     assert grad_per_position[: len(prompt) - 1].sum().item() == 0.0
     assert (grad_per_position[len(prompt) - 1 : len(prompt) + 1] > 0).all()
+
+
+# -- the options, each against a naive float64 per-token loop ---------------------------------------
+
+
+def naive_token_loss(
+    new, old, a, eps_low, eps_high, dual=None, w=1.0, ent=0.0, beta_h=0.0, ref=None, beta_kl=0.0, est="k3"
+):
+    r = math.exp(new - old)
+    loss = -min(r * a, min(max(r, 1 - eps_low), 1 + eps_high) * a)
+    if dual is not None and a < 0:
+        loss = min(loss, -dual * a)
+    loss *= w
+    loss -= beta_h * ent
+    if ref is not None:
+        kl = (new - ref) if est == "k1" else (math.exp(ref - new) - (ref - new) - 1)
+        loss += beta_kl * kl
+    return loss
+
+
+@pytest.fixture
+def case():
+    gen = torch.Generator().manual_seed(3)
+    new = torch.randn(2, 4, generator=gen, dtype=torch.float64) * 0.5 - 1
+    old = torch.randn(2, 4, generator=gen, dtype=torch.float64) * 0.5 - 1
+    ref = torch.randn(2, 4, generator=gen, dtype=torch.float64) * 0.5 - 1
+    ent = torch.rand(2, 4, generator=gen, dtype=torch.float64)
+    adv = torch.tensor([[2.0] * 4, [-1.5] * 4], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.float64)
+    return new, old, ref, ent, adv, mask
+
+
+@pytest.mark.parametrize("est", ["k1", "k3"])
+def test_all_terms_against_naive(case, est):
+    new, old, ref, ent, adv, mask = case
+    w = torch.full_like(new, 0.7)
+    terms = clipped_surrogate(
+        new, old, adv, mask, 0.2, 0.3, dual_clip=3.0, is_weight=w, entropy=ent, entropy_coef=0.01,
+        logp_ref=ref, kl_coef=0.05, kl_estimator=est,
+    )  # fmt: skip
+    for i in range(2):
+        for t in range(4):
+            want = naive_token_loss(
+                new[i, t].item(), old[i, t].item(), adv[i, t].item(), 0.2, 0.3, dual=3.0, w=0.7,
+                ent=ent[i, t].item(), beta_h=0.01, ref=ref[i, t].item(), beta_kl=0.05, est=est,
+            )  # fmt: skip
+            assert terms.per_token[i, t].item() == pytest.approx(want * mask[i, t].item(), abs=1e-12)
+
+
+def test_dual_clip_caps_negative_advantage_loss_by_hand():
+    # ratio e^2 = 7.389 with A = -1: the clipped surrogate gives loss 7.389; dual clip c=3 caps it at 3
+    new, old = torch.tensor([[2.0]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    adv, mask = torch.tensor([[-1.0]], dtype=torch.float64), torch.ones(1, 1)
+    assert clipped_surrogate(new, old, adv, mask, 0.2, 0.2).per_token.item() == pytest.approx(math.exp(2))
+    assert clipped_surrogate(new, old, adv, mask, 0.2, 0.2, dual_clip=3.0).per_token.item() == pytest.approx(
+        3.0
+    )
+
+
+def test_k3_is_nonnegative_and_zero_at_equality():
+    from learner.loss import kl_k3
+
+    x = torch.linspace(-3, 0, 7, dtype=torch.float64)
+    assert (kl_k3(x, x) == 0).all()
+    assert (kl_k3(x, x.flip(0)) >= 0).all()
+
+
+def test_aggregations_by_hand():
+    from learner.loss import AGGREGATIONS, StepNorm
+
+    # two sequences: losses [1, 2, 3] (3 tokens) and [4] (1 token)
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    norm = StepNorm(tokens=4.0, sequences=2.0, constant=10.0)
+    assert AGGREGATIONS["token_mean"](per_token, mask, norm).item() == pytest.approx(10 / 4)
+    assert AGGREGATIONS["sequence_mean"](per_token, mask, norm).item() == pytest.approx((2.0 + 4.0) / 2)
+    assert AGGREGATIONS["token_sum"](per_token, mask, norm).item() == pytest.approx(10 / 10)
+
+
+def test_effective_sample_size_by_hand():
+    from learner.loss import effective_sample_size
+
+    w = torch.tensor([1.0, 1.0, 2.0, 9.0])
+    m = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    assert effective_sample_size(w, m) == pytest.approx(16 / (3 * 6))  # (1+1+2)^2 / (3 (1+1+4))
+    assert effective_sample_size(torch.ones(5), torch.ones(5)) == pytest.approx(1.0)
+
+
+def test_entropy_by_hand():
+    from learner.loss import token_entropy
+
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
+    want = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    assert token_entropy(logits).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_batch_advantage_normalisation_by_hand():
+    from learner.policy import normalize_batch_advantages
+
+    g1 = _scored([1, 2], [[3], [4]], [0.5, -0.5])
+    g2 = _scored([1, 2], [[3], [4]], [1.5, -1.5])
+    flat = [0.5, -0.5, 1.5, -1.5]
+    std = math.sqrt(sum(a * a for a in flat) / 4)  # mean is 0
+    got = normalize_batch_advantages([g1, g2], "batch_std")
+    assert [x for g in got for x in g] == pytest.approx([a / (std + 1e-6) for a in flat])
+    assert normalize_batch_advantages([g1, g2], "none") == [[0.5, -0.5], [1.5, -1.5]]

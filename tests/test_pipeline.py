@@ -18,6 +18,19 @@ STEPS = 3
 GROUPS_PER_STEP = 4
 
 
+# what the pipeline starts: Ray's processes, vLLM's engine processes, redis-server, verifier children
+LEFTOVER_MARKERS = (
+    "ray::",
+    "raylet",
+    "gcs_server",
+    "ray/_private",
+    "redis-server",
+    "VLLM",
+    "EngineCore",
+    "multiprocessing.spawn",
+)
+
+
 def _new_processes(since: float, exclude: set[int]) -> list[str]:
     """Processes started after ``since`` that still run (besides this one and the excluded)."""
     me = psutil.Process()

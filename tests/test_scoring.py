@@ -38,9 +38,9 @@ def test_wrapped_gold_keeps_radicals(verifier):
 
 def test_hanging_verification_costs_one_timeout(verifier):
     before = verifier.stats.timeouts
-    tower = "$\\boxed{" + "9^{" * 12 + "9" + "}" * 12 + "}$"
+    # comparing 5 with 10^(10^10) makes sympy build a ten-billion-digit integer: it runs for minutes
     start = time.monotonic()
-    reward, verdict = verifier.score("9^{9^{9^{9^{9^{9^{9^{9^{9^{9^{9^{9^{10}}}}}}}}}}}}", tower)
+    reward, verdict = verifier.score("5", "$\\boxed{10^{10^{10}}}$")
     elapsed = time.monotonic() - start
     assert (reward, verdict) == (0.0, "timeout")
     assert elapsed < verifier.timeout_s + 2.0

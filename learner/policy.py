@@ -1,0 +1,311 @@
+"""The policy under training: a DeepSpeed engine and one GRPO step on a batch of scored groups.
+
+No streams and no Ray here: ``PolicyTrainer`` is what the learner runs, what the ZeRO
+equivalence test runs under torchrun, and what the checkpoint test restores.
+
+Data parallel: with W ranks each rank trains on rows rank, rank + W, ... of the step's sequences.
+The loss is normalised by step-wide totals (tokens, sequences) all-reduced over ranks, and scaled
+by W and by the accumulation steps, which DeepSpeed divides by, so the update equals that of one
+rank on the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from broker.schemas import ScoredGroup
+from learner.loss import (
+    AGGREGATIONS,
+    StepNorm,
+    clipped_surrogate,
+    effective_sample_size,
+    token_entropy,
+    token_logprobs,
+)
+
+
+def pack_groups(groups: list[ScoredGroup], pad_id: int):
+    """Sequences of a step as padded tensors.
+
+    Returns input_ids [N, L], attention_mask [N, L] and, aligned with positions 0..L-2 (position
+    j predicts token j+1): targets, loss mask (completion tokens only), behaviour logprobs and
+    advantages, each [N, L-1]. Prompt tokens, the oracle prefix among them, have mask 0.
+    """
+    rows = []
+    for scored in groups:
+        prompt = scored.group.prompt_ids.numpy().tolist()
+        for rollout, advantage in zip(scored.group.rollouts, scored.advantages, strict=True):
+            rows.append(
+                (
+                    prompt,
+                    rollout.completion_ids.numpy().tolist(),
+                    rollout.behaviour_logprobs.numpy(),
+                    advantage,
+                )
+            )
+    length = max(len(p) + len(c) for p, c, _, _ in rows)
+    n = len(rows)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, length), dtype=torch.long)
+    mask = torch.zeros((n, length - 1))
+    behaviour = torch.zeros((n, length - 1))
+    advantages = torch.zeros((n, length - 1))
+    for i, (prompt, completion, behaviour_lp, advantage) in enumerate(rows):
+        seq = prompt + completion
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention[i, : len(seq)] = 1
+        start, end = len(prompt) - 1, len(prompt) - 1 + len(completion)
+        mask[i, start:end] = 1.0
+        behaviour[i, start:end] = torch.from_numpy(behaviour_lp.astype(np.float32))
+        advantages[i, start:end] = advantage
+    return input_ids, attention, input_ids[:, 1:], mask, behaviour, advantages
+
+
+def normalize_batch_advantages(groups: list[ScoredGroup], mode: str) -> list[list[float]]:
+    """Advantages after batch-level normalisation: 'none'; 'batch_std' divides the group-centred
+    advantages by their std over the whole step; 'batch_mean_std' also subtracts the step mean."""
+    flat = np.array([a for g in groups for a in g.advantages], dtype=np.float64)
+    if mode == "none" or flat.size < 2:
+        return [list(g.advantages) for g in groups]
+    centre = flat.mean() if mode == "batch_mean_std" else 0.0
+    scale = flat.std() + 1e-6
+    out, i = [], 0
+    for g in groups:
+        out.append([(a - centre) / scale for a in flat[i : i + len(g.advantages)]])
+        i += len(g.advantages)
+    return out
+
+
+def ds_config(cfg, sequences_per_step: int, world_size: int) -> dict:
+    local = math.ceil(sequences_per_step / world_size)
+    grad_accum = math.ceil(local / cfg.micro_batch_size)
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": cfg.micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_distributed() -> None:
+    """One-rank default group when not launched by torchrun (DeepSpeed needs one)."""
+    import deepspeed
+
+    if dist.is_initialized():
+        return
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        from broker.embedded import free_port
+
+        os.environ["MASTER_PORT"] = str(free_port())
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+class PolicyTrainer:
+    def __init__(self, config, model_path: str):
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self.config = config
+        self.cfg = config.learner
+        torch.set_num_threads(self.cfg.torch_threads)
+        torch.manual_seed(config.run.seed)
+        init_distributed()
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.sequences_per_step = self.cfg.groups_per_step * config.actors.num_rollouts
+        self.ds_config = ds_config(self.cfg, self.sequences_per_step, self.world_size)
+        self.grad_accum = self.ds_config["gradient_accumulation_steps"]
+        # ZeRO-3 must see the config before the model is built (HF then partitions on load)
+        self._hf_ds = HfDeepSpeedConfig(self.ds_config) if self.cfg.zero_stage == 3 else None
+        dtype = getattr(torch, config.model.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model.config.use_cache = False
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        self.reference = None
+        if self.cfg.kl_coef > 0:
+            self.reference = (
+                AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval().requires_grad_(False)
+            )
+        self.step_count = 0
+        self.version = 0
+
+    # -- weights ---------------------------------------------------------------------------------
+    def _gathered(self, param):
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters([param], modifier_rank=None)
+        return nullcontext()
+
+    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) one at a time; under ZeRO-3 each is gathered (a collective: every
+        rank must iterate) and released before the next."""
+        for name, param in self.engine.module.named_parameters():
+            with self._gathered(param):
+                yield name, param.detach()
+
+    def weight_metas(self):
+        from pope.weight_sync import TensorMeta
+
+        metas = []
+        for name, param in self.engine.module.named_parameters():
+            shape = tuple(getattr(param, "ds_shape", param.shape))
+            metas.append(TensorMeta(name, shape, str(param.dtype).removeprefix("torch.")))
+        return metas
+
+    def checksum(self) -> float:
+        return float(sum(t.to(torch.float64).sum().item() for _, t in self.iter_weights()))
+
+    # -- the step ----------------------------------------------------------------------------------
+    def _all_reduce_sum(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def train_step(self, groups: list[ScoredGroup]) -> dict[str, float]:
+        cfg = self.cfg
+        temperature = self.config.actors.temperature
+        advantages_by_group = normalize_batch_advantages(groups, cfg.advantage_batch_norm)
+        groups = [
+            g.model_copy(update={"advantages": a}) for g, a in zip(groups, advantages_by_group, strict=True)
+        ]
+        input_ids, attention, targets, mask, behaviour, advantages = pack_groups(
+            groups, self.tokenizer.pad_token_id
+        )
+        norm = StepNorm(
+            tokens=float(mask.sum().clamp(min=1.0)),
+            sequences=float(len(input_ids)),
+            constant=cfg.loss_constant,
+        )
+        rows = torch.arange(self.rank, len(input_ids), self.world_size)
+        aggregate = AGGREGATIONS[cfg.loss_aggregation]
+        scale = self.grad_accum * self.world_size  # DeepSpeed divides by both
+        sums = dict.fromkeys(
+            ["loss", "clip_low", "clip_high", "ratio", "entropy", "kl", "abs_logprob_diff", "tokens"], 0.0
+        )
+        is_weights, is_masks = [], []
+        start = time.monotonic()
+        self.engine.train()
+        mb = cfg.micro_batch_size
+        for k in range(self.grad_accum):
+            idx = rows[k * mb : (k + 1) * mb]
+            if len(idx) == 0:
+                idx = rows[:1]  # keep ranks in lock-step; a zero mask adds nothing
+                m = torch.zeros_like(mask[idx])
+            else:
+                m = mask[idx]
+            logits = self.engine(input_ids=input_ids[idx], attention_mask=attention[idx]).logits[:, :-1]
+            logp = token_logprobs(logits, targets[idx], temperature)
+            entropy = token_entropy(logits, temperature)
+            logp_ref = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logits = self.reference(
+                        input_ids=input_ids[idx], attention_mask=attention[idx]
+                    ).logits[:, :-1]
+                    logp_ref = token_logprobs(ref_logits, targets[idx], temperature)
+            if cfg.importance == "tis":
+                logp_old = logp.detach()
+                is_weight = torch.clamp(torch.exp(logp_old - behaviour[idx]), max=cfg.tis_cap)
+            else:
+                logp_old, is_weight = behaviour[idx], None
+            terms = clipped_surrogate(
+                logp, logp_old, advantages[idx], m, cfg.eps_low, cfg.eps_high,
+                dual_clip=cfg.dual_clip, is_weight=is_weight, entropy=entropy, entropy_coef=cfg.entropy_coef,
+                logp_ref=logp_ref, kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
+            )  # fmt: skip
+            loss = aggregate(terms.per_token, m, norm)
+            self.engine.backward(loss * scale)
+            with torch.no_grad():
+                sums["loss"] += float(loss)
+                sums["clip_low"] += float(terms.clipped_low.sum())
+                sums["clip_high"] += float(terms.clipped_high.sum())
+                sums["ratio"] += float(torch.exp(logp.detach() - behaviour[idx]).mul(m).sum())
+                sums["entropy"] += float((entropy * m).sum())
+                sums["abs_logprob_diff"] += float(((logp.detach() - behaviour[idx]).abs() * m).sum())
+                sums["tokens"] += float(m.sum())
+                if terms.kl is not None:
+                    sums["kl"] += float((terms.kl.detach() * m).sum())
+                is_weights.append(torch.exp(logp.detach() - behaviour[idx]).reshape(-1))
+                is_masks.append(m.reshape(-1))
+            if k < self.grad_accum - 1:
+                self.engine.step()  # DeepSpeed only updates at the accumulation boundary
+        forward_backward_s = time.monotonic() - start
+        start = time.monotonic()
+        self.engine.step()
+        optimizer_s = time.monotonic() - start
+        self.step_count += 1
+        totals = {key: self._all_reduce_sum(value) for key, value in sums.items()}
+        tokens = max(totals["tokens"], 1.0)
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "loss": totals["loss"],
+            "clip_frac_low": totals["clip_low"] / tokens,
+            "clip_frac_high": totals["clip_high"] / tokens,
+            "ratio_mean": totals["ratio"] / tokens,
+            "effective_sample_size": effective_sample_size(torch.cat(is_weights), torch.cat(is_masks)),
+            "entropy": totals["entropy"] / tokens,
+            "kl": totals["kl"] / tokens,
+            "logprob_abs_diff_vs_behaviour": totals["abs_logprob_diff"] / tokens,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_trained": totals["tokens"],
+            "forward_backward_s": forward_backward_s,
+            "optimizer_s": optimizer_s,
+        }
+
+    @torch.no_grad()
+    def logprobs_of(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """Logprobs (temperature 1) of ``completion_ids`` after ``prompt_ids`` under the current weights."""
+        self.engine.eval()
+        ids = torch.tensor([prompt_ids + completion_ids])
+        logits = self.engine(input_ids=ids).logits[:, len(prompt_ids) - 1 : -1]
+        return token_logprobs(logits, torch.tensor([completion_ids]))[0].tolist()
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def save_checkpoint(self, directory: str, extra: dict | None = None) -> None:
+        """Model, optimizer, scheduler, step, version and RNG states (every rank must call)."""
+        state = {
+            "step": self.step_count,
+            "version": self.version,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(),
+            "extra": extra or {},
+        }
+        self.engine.save_checkpoint(directory, tag=f"step{self.step_count}", client_state=state)
+
+    def load_checkpoint(self, directory: str, tag: str | None = None) -> dict:
+        path, state = self.engine.load_checkpoint(directory, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory} (tag {tag or 'latest'})")
+        self.step_count, self.version = state["step"], state["version"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        return state["extra"]
+
+    def save_hf(self, path: str) -> str:
+        """The model in Hugging Face format (rank 0 writes; under ZeRO-3 every rank must call)."""
+        state = {name: t.clone() for name, t in self.iter_weights()}
+        if self.rank == 0:
+            self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+        return path
