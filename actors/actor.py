@@ -20,7 +20,7 @@ from actors.engine import SamplingSettings, make_engine
 from broker.schemas import PackedArray, Rollout, RolloutGroup
 from broker.streams import Producer, connect
 from pope.config import PopeConfig
-from pope.problems import load_problems
+from pope.problems import run_problems
 from pope.prompts import render_prompt, sample_prompts
 from pope.weight_sync import TensorMeta
 
@@ -47,7 +47,8 @@ class _WeightRequest:
 
 
 class RolloutActor:
-    def __init__(self, config: PopeConfig, actor_index: int, model_path: str, redis_url: str):
+    def __init__(self, config: PopeConfig, actor_index: int, model_path: str, redis_url: str | None):
+        """``redis_url`` None: a generation-only actor (the pool of filter-hard, find-prefixes, eval)."""
         self.config = config
         self.run_id = config.run.run_id
         self.actor_id = f"actor{actor_index}"
@@ -58,6 +59,14 @@ class RolloutActor:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.version = 0
+        self.stats = ActorStats()
+        self._stop = threading.Event()
+        self._weights: queue.Queue[_WeightRequest] = queue.Queue()
+        self._sequence = 0
+        self.client = None
+        if redis_url is None:
+            return
         self.client = connect(redis_url, config.broker.socket_timeout_s)
         self.producer = Producer(
             self.client,
@@ -67,18 +76,15 @@ class RolloutActor:
             maxlen=config.broker.emergency_maxlen,
         )
         data = config.data
-        from pope.datasets import FieldMap
-
-        fields = FieldMap(data.problem_field, data.answer_field, data.solution_field, data.id_field)
-        problems = load_problems(
-            data.source, data.num_problems, config.run.seed, fields, data.max_bad_fraction
+        problems = run_problems(data, config.run.seed)
+        easy = (
+            run_problems(data, config.run.seed, easy=True)
+            if data.mix in ("hard_easy", "guided_easy")
+            else None
         )
-        self.prompts = sample_prompts(problems, data, config.run.seed, actor_index, config.actors.num_actors)
-        self.version = 0
-        self.stats = ActorStats()
-        self._stop = threading.Event()
-        self._weights: queue.Queue[_WeightRequest] = queue.Queue()
-        self._sequence = 0
+        self.prompts = sample_prompts(
+            problems, data, config.run.seed, actor_index, config.actors.num_actors, easy
+        )
 
     # -- weights -------------------------------------------------------------------------------
     def init_weight_group(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
@@ -205,6 +211,22 @@ class RolloutActor:
         """Greedy tokens and logprobs of a fixed prompt: compares the engine's weights with the learner's."""
         return self.engine.greedy_logprobs(prompt_ids, num_tokens)
 
+    def sample_texts(
+        self, prompts: list[str], num_samples: int, max_new_tokens: int, seed: int
+    ) -> list[list[tuple[str, int]]]:
+        """Generation only: for each prompt text, ``num_samples`` (completion text, token count)."""
+        cfg = self.config.actors
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        settings = SamplingSettings(num_samples, max_new_tokens, cfg.temperature, cfg.top_p, seed)
+        start = time.monotonic()
+        samples = self.engine.generate(ids, settings)
+        self.stats.generate_s += time.monotonic() - start
+        return [
+            [(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), len(s.token_ids)) for s in g]
+            for g in samples
+        ]
+
     def close(self) -> None:
         self.engine.close()
-        self.client.close()
+        if self.client is not None:
+            self.client.close()

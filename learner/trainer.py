@@ -36,7 +36,15 @@ def _lineage(g: ScoredGroup) -> dict:
 
 
 class Learner:
-    def __init__(self, config, model_path: str, redis_url: str, run_dir: str, actor_handles=None):
+    def __init__(
+        self,
+        config,
+        model_path: str,
+        redis_url: str,
+        run_dir: str,
+        actor_handles=None,
+        num_hard_problems: int = 0,
+    ):
         self.config = config
         self.cfg = config.learner
         self.run_id = config.run.run_id
@@ -51,6 +59,10 @@ class Learner:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.trained_group_ids: list[str] = []
         self.skipped: dict[str, list[str]] = {"zero_variance": [], "stale": []}
+        self.num_hard_problems = num_hard_problems
+        self.unguided_history: list[
+            tuple[int, str, bool]
+        ] = []  # (step, problem id, solved) of unguided groups
         self.totals = {"data_wait_s": 0.0, "forward_backward_s": 0.0, "optimizer_s": 0.0, "broadcast_s": 0.0}
 
     @property
@@ -160,6 +172,7 @@ class Learner:
                     by_variant.setdefault(g.group.variant, []).extend(g.rewards)
                 for variant, values in by_variant.items():
                     metrics[f"reward_mean_{variant}"] = sum(values) / len(values)
+                metrics.update(self._solve_rates(groups))
                 line = {
                     "step": self.policy.step_count,
                     "learner_version": self.version,
@@ -181,6 +194,24 @@ class Learner:
             "skipped_group_ids": self.skipped,
             **self.totals,
         }
+
+    def _solve_rates(self, groups: list[ScoredGroup]) -> dict[str, float]:
+        """Per variant, the share of this step's groups with at least one success; and the headline:
+        the share of the hard set solved unguided (a success in the trailing ``solve_window_steps``)."""
+        out: dict[str, float] = {}
+        for variant in sorted({g.group.variant for g in groups}):
+            mine = [g for g in groups if g.group.variant == variant]
+            out[f"solve_rate_{variant}"] = sum(max(g.rewards) > 0 for g in mine) / len(mine)
+        step = self.policy.step_count
+        self.unguided_history += [
+            (step, g.group.problem_id, max(g.rewards) > 0) for g in groups if g.group.variant == "unguided"
+        ]
+        horizon = step - self.cfg.solve_window_steps
+        self.unguided_history = [h for h in self.unguided_history if h[0] > horizon]
+        solved = {pid for _, pid, ok in self.unguided_history if ok}
+        if self.num_hard_problems:
+            out["hard_solved_unguided_fraction"] = len(solved) / self.num_hard_problems
+        return out
 
     # -- checks and output -------------------------------------------------------------------------
     def logprobs_of(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from pope.config import ConfigError, config_schema, dump_config, load_config
 
@@ -50,6 +51,41 @@ def _data_validate(args) -> int:
     return 0 if report.acceptable(args.max_bad_fraction) else 1
 
 
+def _load_inputs(config, paths: list[str]):
+    from pope.datasets import FieldMap, load_file
+
+    data = config.data
+    fields = FieldMap(data.problem_field, data.answer_field, data.solution_field, data.id_field)
+    return {
+        Path(p).stem: load_file(Path(p), fields, max_bad_fraction=data.max_bad_fraction)[0] for p in paths
+    }
+
+
+def _method(args) -> int:
+    """filter-hard, find-prefixes, eval: one pool of actors, the config's model and engine."""
+    from pope import method
+    from pope.pool import GenerationPool
+    from pope.tiny_model import resolve_model_path
+
+    config = load_config(args.config, args.overrides).with_run_id()
+    inputs = _load_inputs(config, args.input)
+    model_path = str(resolve_model_path(config.model.path, config.model.cache_dir, config.run.seed))
+    with GenerationPool(config, model_path) as pool:
+        if args.command == "filter-hard":
+            result = method.filter_hard(
+                pool, [p for ps in inputs.values() for p in ps], config, args.k, Path(args.output)
+            )
+        elif args.command == "find-prefixes":
+            problems = [p for ps in inputs.values() for p in ps]
+            result = method.find_prefixes(pool, problems, config, args.n, Path(args.output), config.run.seed)
+        else:
+            table = method.evaluate(pool, inputs, config, args.n, args.k, Path(args.output))
+            print((Path(args.output) / "results.md").read_text(), end="")
+            result = {name: row["pass_at_k"] for name, row in table.items()}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pope", description="Privileged On-Policy Exploration: async RL for LLM reasoning"
@@ -87,6 +123,36 @@ def main(argv: list[str] | None = None) -> int:
         "--max-bad-fraction", type=float, default=0.1, help="largest acceptable fraction of bad rows"
     )
     validate.set_defaults(func=_data_validate)
+
+    for name, help_text in (
+        (
+            "filter-hard",
+            "sample k rollouts per problem; keep those with 0 correct (writes an annotated dataset)",
+        ),
+        (
+            "find-prefixes",
+            "search i*(x), the shortest oracle prefix with a correct rollout, for each problem",
+        ),
+        ("eval", "pass@k on benchmark files, through the actor pool"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", help="YAML config file (model, engine, pool size, max_new_tokens)")
+        cmd.add_argument("--input", nargs="+", required=True, help=".jsonl/.parquet problem files")
+        cmd.add_argument("--output", required=True, help="output .jsonl (eval: a folder)")
+        if name == "filter-hard":
+            cmd.add_argument("--k", type=int, default=128, help="samples per problem (the paper: 128)")
+        elif name == "find-prefixes":
+            cmd.add_argument("--n", type=int, default=8, help="samples per problem and prefix length")
+        else:
+            cmd.add_argument("--n", type=int, default=16, help="samples per problem")
+            cmd.add_argument(
+                "--k",
+                type=lambda text: [int(k) for k in text.split(",")],
+                default=[1, 4, 16],
+                help="k list, e.g. 1,4,16",
+            )
+        cmd.add_argument("overrides", nargs="*", help="dotted config overrides")
+        cmd.set_defaults(func=_method)
 
     args = parser.parse_args(argv)
     try:

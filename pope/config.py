@@ -62,24 +62,59 @@ class DataConfig(Section):
         le=1.0,
         description="A load fails when more than this share of rows is invalid (each is reported).",
     )
+    mix: Literal["pope", "hard_only", "hard_easy", "guided_easy"] = Field(
+        "pope",
+        description="What prompts are drawn: 'pope' unguided hard + guided hard (ratio guided_fraction); "
+        "'hard_only' unguided hard; 'hard_easy' unguided hard + easy (easy_fraction); 'guided_easy' guided hard "
+        "+ easy. Each prompt is its own GRPO group.",
+    )
     guided_fraction: float = Field(
         0.5,
         ge=0.0,
         le=1.0,
-        description="Share of prompts that are guided (problem + oracle prefix); POPE's default is 1:1 (0.5).",
+        description="Under mix=pope, the share of prompts that are guided (problem + oracle prefix); 1:1 is 0.5.",
     )
+    easy_source: str | None = Field(
+        None,
+        description="Easy problems for mix=hard_easy / guided_easy: 'builtin:arithmetic-easy' or a file.",
+    )
+    easy_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Share of easy prompts in the easy mixes.")
     prefix_fraction: float = Field(
-        0.25, gt=0.0, le=1.0, description="Guided prompts carry at most this share of the solution's steps."
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="Guided prompts without a searched prefix (pope_prefix_units) show a random prefix of at most "
+        "this share of the solution's units.",
     )
-    system_prompt: str = Field(
-        "Solve the problem. Put the final answer in \\boxed{}.",
-        description="System instruction of unguided prompts.",
+    prefix_placement: Literal["assistant_start", "user_end"] = Field(
+        "assistant_start",
+        description="Where the oracle prefix goes: the start of the assistant turn (the model continues it), or "
+        "the end of the user turn after a header. Either way it is prompt: no loss on its tokens.",
     )
-    guided_instruction: str = Field(
-        "The text after the problem is the beginning of a correct solution. Continue it from where it stops "
-        "and put the final answer in \\boxed{}.",
-        description="System instruction of guided prompts.",
-    )
+    instruction_version: str = Field("pope-v1", description="Key of pope.instructions.INSTRUCTIONS.")
+    system_prompt: str | None = Field(None, description="Overrides the version's unguided instruction.")
+    guided_instruction: str | None = Field(None, description="Overrides the version's guided instruction.")
+
+    @model_validator(mode="after")
+    def _known_instruction(self) -> DataConfig:
+        from pope.instructions import INSTRUCTIONS
+
+        if self.instruction_version not in INSTRUCTIONS:
+            raise ValueError(
+                f"data.instruction_version {self.instruction_version!r} is not one of {sorted(INSTRUCTIONS)}"
+            )
+        if self.mix in ("hard_easy", "guided_easy") and not self.easy_source:
+            raise ValueError(f"data.mix={self.mix!r} needs data.easy_source")
+        return self
+
+    def instruction(self, variant: str) -> str:
+        from pope.instructions import INSTRUCTIONS
+
+        override = self.guided_instruction if variant == "guided" else self.system_prompt
+        return (
+            override
+            or INSTRUCTIONS[self.instruction_version]["guided" if variant == "guided" else "unguided"]
+        )
 
 
 class VLLMEngineConfig(Section):
@@ -169,6 +204,11 @@ class PreprocessConfig(Section):
 
 class LearnerConfig(Section):
     steps: int = Field(3, ge=1, description="Optimizer steps of the run.")
+    solve_window_steps: int = Field(
+        20,
+        ge=1,
+        description="Trailing window (steps) of the headline: the share of the hard set solved unguided.",
+    )
     groups_per_step: int = Field(4, ge=1, description="Rollout groups (prompts) per optimizer step.")
     lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")

@@ -65,6 +65,9 @@ from pope.units import split_units
 NUM_REASONS_IN_ERROR = 5
 
 
+PREFIX_UNITS_FIELD = "pope_prefix_units"  # written by `pope find-prefixes`: the guidance prefix i*(x)
+
+
 @dataclass(frozen=True)
 class FieldMap:
     """Which field of a row holds what; ``id=None`` numbers problems ``<file stem>-<row>``."""
@@ -416,12 +419,20 @@ def _problem_from_row(
         first_row_of_id[problem_id] = row_number
     if reason := checker.reason(answer):
         return BadRow(row_number, fields.answer, reason)
+    prefix_units = row.get(PREFIX_UNITS_FIELD)
+    if prefix_units is not None and (
+        isinstance(prefix_units, bool) or not isinstance(prefix_units, int) or prefix_units < 0
+    ):
+        return BadRow(
+            row_number, PREFIX_UNITS_FIELD, f"expected a non-negative integer, got {prefix_units!r}"
+        )
     return Problem(
         problem_id=problem_id,
         problem=problem,
         answer=answer,
         solution_steps=tuple(split_units(solution.strip())),
         source=source,
+        prefix_units=prefix_units,
     )
 
 

@@ -31,6 +31,7 @@ from broker.streams import (
     unacked_ids,
 )
 from pope.config import PopeConfig, dump_config
+from pope.problems import run_problems
 from pope.tiny_model import resolve_model_path
 
 PROBE_TOKENS = 8
@@ -101,6 +102,9 @@ def train(config: PopeConfig, printer=print) -> dict:
         ensure_groups(client, run_id)
         control = ControlChannel(client, run_id)
 
+        problems = run_problems(
+            config.data, config.run.seed
+        )  # fail here, before any process starts, on a bad dataset
         model_path = str(resolve_model_path(config.model.path, config.model.cache_dir, config.run.seed))
         printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
 
@@ -149,7 +153,7 @@ def train(config: PopeConfig, printer=print) -> dict:
             .options(
                 **options("learner", lcfg.num_cpus, lcfg.num_gpus, lcfg.resources, lcfg.torch_threads, 2)
             )
-            .remote(config, model_path, redis_url, str(run_dir), actors)
+            .remote(config, model_path, redis_url, str(run_dir), actors, len(problems))
         )
         handles.append(learner)
 

@@ -19,6 +19,7 @@ class Problem:
     answer: str
     solution_steps: tuple[str, ...] = field(default_factory=tuple)
     source: str = ""
+    prefix_units: int | None = None  # i*(x) from the prefix search, when known
 
     @property
     def solution(self) -> str:
@@ -58,9 +59,9 @@ def arithmetic_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
     )
 
 
-def builtin_arithmetic(num_problems: int, seed: int) -> list[Problem]:
+def builtin_arithmetic(num_problems: int, seed: int, min_ops: int = 2, max_ops: int = 4) -> list[Problem]:
     rng = random.Random(seed)
-    return [arithmetic_problem(rng, i, num_ops=rng.randint(2, 4)) for i in range(num_problems)]
+    return [arithmetic_problem(rng, i, num_ops=rng.randint(min_ops, max_ops)) for i in range(num_problems)]
 
 
 def load_problems(
@@ -69,6 +70,17 @@ def load_problems(
     """The run's problems: the built-in set, or a JSONL/Parquet file validated row by row."""
     if source == "builtin:arithmetic":
         return builtin_arithmetic(num_problems, seed)
+    if source == "builtin:arithmetic-easy":  # one operation: the tiny model's easy set
+        return [
+            Problem(
+                p.problem_id.replace("arith", "easy"),
+                p.problem,
+                p.answer,
+                p.solution_steps,
+                "builtin:arithmetic-easy",
+            )
+            for p in builtin_arithmetic(num_problems, seed + 1, min_ops=1, max_ops=1)
+        ]
     from pope.datasets import load_file
 
     path = Path(source)
@@ -76,3 +88,12 @@ def load_problems(
         raise ValueError(f"data.source {source!r}: not 'builtin:arithmetic' and not an existing file")
     problems, _report = load_file(path, fields, max_bad_fraction=max_bad_fraction)
     return problems
+
+
+def run_problems(data, seed: int, easy: bool = False) -> list[Problem]:
+    """The hard (or, with ``easy``, the easy) problems a run's ``DataConfig`` names."""
+    from pope.datasets import FieldMap
+
+    fields = FieldMap(data.problem_field, data.answer_field, data.solution_field, data.id_field)
+    source = data.easy_source if easy else data.source
+    return load_problems(source, data.num_problems, seed, fields, data.max_bad_fraction)

@@ -78,7 +78,7 @@ def _warmup(model, tokenizer, corpus, seed: int) -> None:
 
     from pope.config import DataConfig
 
-    system = DataConfig().system_prompt
+    system = DataConfig().instruction("unguided")
     gen = torch.Generator().manual_seed(seed)
     texts = []
     for problem, solution, _ in corpus:

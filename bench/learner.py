@@ -1,0 +1,116 @@
+"""Learner step throughput: ``learner.policy.PolicyTrainer.train_step`` on DeepSpeed-CPU, ZeRO 0,
+one rank, the tiny model.
+
+The batch is that of tests/scripts/learner_step.py (``fixed_batch``: random prompts of 4-8 tokens,
+random completions with behaviour logprobs, rewards and group-centred advantages) scaled to
+``groups_per_step`` 4 x ``num_rollouts`` 8 = 32 sequences with completions of 40-56 tokens (~48).
+After ``warmup_steps`` steps, ``steps`` steps are timed; ``tokens_per_s`` counts trained
+(completion) tokens per second of ``train_step`` wall time.
+
+DeepSpeed reads DS_ACCELERATOR at import, so the step runs in a fresh process
+(``python -m bench.learner --worker OUT``) with DS_ACCELERATOR=cpu, as the launcher sets it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+OVERRIDES = [
+    "learner.groups_per_step=4", "actors.num_rollouts=8", "learner.micro_batch_size=16",
+    "learner.zero_stage=0", "learner.lr=1e-3", "run.seed=0",
+]  # fmt: skip
+COMPLETION_TOKENS = (40, 56)  # inclusive range; mean 48
+
+
+def scaled_batch(seed: int, groups: int, rollouts: int, vocab: int, completion_tokens=COMPLETION_TOKENS):
+    """``fixed_batch`` of tests/scripts/learner_step.py with longer completions."""
+    import torch
+
+    from broker.schemas import PackedArray, Rollout, RolloutGroup, ScoredGroup
+
+    gen = torch.Generator().manual_seed(seed)
+    low, high = completion_tokens
+    out = []
+    for g in range(groups):
+        prompt = torch.randint(3, vocab, (int(torch.randint(4, 9, (1,), generator=gen)),), generator=gen)
+        items = []
+        for _ in range(rollouts):
+            length = int(torch.randint(low, high + 1, (1,), generator=gen))
+            items.append(
+                Rollout(
+                    completion_ids=PackedArray.of(torch.randint(3, vocab, (length,), generator=gen), "int32"),
+                    behaviour_logprobs=PackedArray.of(-torch.rand(length, generator=gen) * 4, "float32"),
+                    text="",
+                    finish_reason="length",
+                )
+            )
+        rewards = (torch.rand(rollouts, generator=gen) < 0.5).float().tolist()
+        mean = sum(rewards) / len(rewards)
+        group = RolloutGroup(
+            run_id="bench", group_id=f"g{seed}-{g}", problem_id="p", variant="unguided", answer="1",
+            prompt_ids=PackedArray.of(prompt, "int32"), rollouts=items, policy_version_start=0,
+            policy_version_end=0, actor_id="a", sampled_at=0.0, generate_s=0.0,
+        )  # fmt: skip
+        out.append(ScoredGroup(group=group, rewards=rewards, advantages=[r - mean for r in rewards],
+                               verdicts=["wrong"] * rollouts, worker_id="w"))  # fmt: skip
+    return out
+
+
+def _worker(out: str, warmup_steps: int, steps: int) -> None:
+    from bench.common import median, tiny_model_path, write_worker_result
+    from learner.policy import PolicyTrainer
+    from pope.config import load_config
+
+    config = load_config(None, OVERRIDES)
+    trainer = PolicyTrainer(config, tiny_model_path())
+    vocab = trainer.engine.module.config.vocab_size
+    batch = scaled_batch(1, config.learner.groups_per_step, config.actors.num_rollouts, vocab)
+    sequence_tokens = sum(
+        len(s.group.prompt_ids) + len(r.completion_ids) for s in batch for r in s.group.rollouts
+    )
+    for _ in range(warmup_steps):
+        trainer.train_step(batch)
+    step_s, fwd_bwd_s, optimizer_s, tokens = [], [], [], 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        metrics = trainer.train_step(batch)
+        step_s.append(time.perf_counter() - t0)
+        fwd_bwd_s.append(metrics["forward_backward_s"])
+        optimizer_s.append(metrics["optimizer_s"])
+        tokens = metrics["tokens_trained"]
+    total_s = sum(step_s)
+    write_worker_result(out, {
+        "overrides": OVERRIDES, "torch_threads": config.learner.torch_threads,
+        "sequences_per_step": trainer.sequences_per_step, "grad_accum": trainer.grad_accum,
+        "completion_tokens_per_step": tokens, "sequence_tokens_per_step": sequence_tokens,
+        "warmup_steps": warmup_steps, "steps": steps,
+        "step_s_mean": total_s / steps, "step_s_median": median(step_s),
+        "forward_backward_s_median": median(fwd_bwd_s), "optimizer_s_median": median(optimizer_s),
+        "tokens_per_s": tokens * steps / total_s,
+        "sequence_tokens_per_s": sequence_tokens * steps / total_s,
+    })  # fmt: skip
+
+
+def run(quick: bool = False) -> dict:
+    from bench.common import run_worker
+    from pope.config import load_config
+
+    threads = load_config(None, OVERRIDES).learner.torch_threads
+    warmup, steps = (1, 3) if quick else (3, 50)
+    env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}
+    return run_worker("bench.learner", [str(warmup), str(steps)], env=env)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", metavar="OUT", help="(internal) run the timed steps, write JSON to OUT")
+    parser.add_argument("warmup_steps", nargs="?", type=int, default=1)
+    parser.add_argument("steps", nargs="?", type=int, default=3)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker, args.warmup_steps, args.steps)
+    else:
+        import json
+
+        print(json.dumps(run(quick=True), indent=2))
