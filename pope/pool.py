@@ -63,10 +63,12 @@ class GenerationPool(AbstractContextManager):
         if not pairs:
             return []
         shards = [pairs[i :: len(self.verifiers)] for i in range(len(self.verifiers))]
+
+        def run(verifier: Verifier, shard: list[tuple[str, str]]) -> list[float]:
+            return [verifier.score(gold, completion)[0] for gold, completion in shard]
+
         with ThreadPoolExecutor(len(self.verifiers)) as executor:
-            results = list(
-                executor.map(lambda vs: [vs[0].score(g, c)[0] for g, c in vs[1]], zip(self.verifiers, shards))
-            )
+            results = list(executor.map(run, self.verifiers, shards))
         out = [0.0] * len(pairs)
         for i, shard_rewards in enumerate(results):
             out[i :: len(self.verifiers)] = shard_rewards
