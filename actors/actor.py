@@ -14,11 +14,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from actors.engine import SamplingSettings, make_engine
-from broker.schemas import PackedArray, Rollout, RolloutGroup
-from broker.streams import Producer, connect
+from broker.schemas import PackedArray, Progress, Rollout, RolloutGroup
+from broker.streams import ControlChannel, Producer, connect
 from pope.config import PopeConfig
 from pope.problems import run_problems
 from pope.prompts import render_prompt, sample_prompts
@@ -38,11 +40,13 @@ class ActorStats:
 
 
 @dataclass
-class _WeightRequest:
-    version: int
-    metas: list[TensorMeta]
+class _EngineCall:
+    """Work that must run on the loop's thread (the engine is not thread-safe), and its result."""
+
+    fn: Callable[[], Any]
+    what: str
     done: threading.Event = field(default_factory=threading.Event)
-    checksum: float | None = None
+    result: Any = None
     error: str | None = None
 
 
@@ -62,12 +66,15 @@ class RolloutActor:
         self.version = 0
         self.stats = ActorStats()
         self._stop = threading.Event()
-        self._weights: queue.Queue[_WeightRequest] = queue.Queue()
+        self._calls: queue.Queue[_EngineCall] = queue.Queue()
+        self._serve_lock = threading.Lock()
         self._sequence = 0
         self.client = None
         if redis_url is None:
             return
         self.client = connect(redis_url, config.broker.socket_timeout_s)
+        self.control = ControlChannel(self.client, self.run_id)
+        self._last_progress = 0.0
         self.producer = Producer(
             self.client,
             self.run_id,
@@ -87,37 +94,61 @@ class RolloutActor:
         )
 
     # -- weights -------------------------------------------------------------------------------
-    def init_weight_group(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
-        self.engine.init_weight_group(host, port, self.actor_index + 1, world_size, timeout_s)
+    def init_weight_group(
+        self, host: str, port: int, world_size: int, timeout_s: float, rank: int | None = None
+    ) -> None:
+        """Join (or re-join, after the pool was resized) the learner's weight-broadcast group."""
+        rank = self.actor_index + 1 if rank is None else rank
+        self._on_loop(
+            lambda: self.engine.init_weight_group(host, port, rank, world_size, timeout_s),
+            "joining",
+            timeout_s,
+        )
 
     def update_weights(self, version: int, metas: list[TensorMeta], timeout_s: float) -> float:
-        """Called from another thread: queue the update for the loop, wait until it is loaded."""
-        request = _WeightRequest(version, metas)
-        self._weights.put(request)
-        if not self._running:  # no loop to serve it: load here
-            self._apply_pending_weights(timeout_s)
-        if not request.done.wait(timeout_s):
-            raise TimeoutError(f"{self.actor_id}: weights v{version} not loaded within {timeout_s}s")
-        if request.error:
-            raise RuntimeError(f"{self.actor_id}: loading weights v{version} failed: {request.error}")
-        return request.checksum
+        """Receive one broadcast; returns the checksum of what was loaded."""
+        return self._on_loop(
+            lambda: self._load_weights(version, metas, timeout_s), f"loading weights v{version}", timeout_s
+        )
 
-    def _apply_pending_weights(self, timeout_s: float) -> None:
-        while True:
-            try:
-                request = self._weights.get_nowait()
-            except queue.Empty:
-                return
-            start = time.monotonic()
-            try:
-                request.checksum = self.engine.receive_weights(request.metas, timeout_s)
-                self.version = request.version
-                self.stats.weight_updates += 1
-            except Exception as exc:  # deliberate: reported to the learner, which fails the run
-                request.error = f"{type(exc).__name__}: {exc}"
-            finally:
-                self.stats.weight_load_s += time.monotonic() - start
-                request.done.set()
+    def _load_weights(self, version: int, metas: list[TensorMeta], timeout_s: float) -> float:
+        start = time.monotonic()
+        try:
+            checksum = self.engine.receive_weights(metas, timeout_s)
+        finally:
+            self.stats.weight_load_s += time.monotonic() - start
+        self.version = version
+        self.stats.weight_updates += 1
+        return checksum
+
+    def _on_loop(self, fn: Callable[[], Any], what: str, timeout_s: float) -> Any:
+        """Called from another Ray thread: hand ``fn`` to the generation loop (between engine calls)
+        and wait for it; with no loop running, run it here."""
+        call = _EngineCall(fn, what)
+        self._calls.put(call)
+        if not self._running:
+            self._serve_calls()
+        if not call.done.wait(timeout_s):
+            raise TimeoutError(f"{self.actor_id}: {what} did not finish within {timeout_s}s")
+        if call.error:
+            raise RuntimeError(f"{self.actor_id}: {what} failed: {call.error}")
+        return call.result
+
+    def _serve_calls(self) -> None:
+        with self._serve_lock:
+            while True:
+                try:
+                    call = self._calls.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    call.result = call.fn()
+                except (
+                    Exception
+                ) as exc:  # deliberate: reported to the caller (the learner), which fails the run
+                    call.error = f"{type(exc).__name__}: {exc}"
+                finally:
+                    call.done.set()
 
     # -- generation ------------------------------------------------------------------------------
     _running = False
@@ -181,27 +212,41 @@ class RolloutActor:
         self._running = True
         try:
             while not self._stop.is_set():
-                self._apply_pending_weights(self.config.learner.broadcast_timeout_s)
+                self._serve_calls()
                 before = self.producer.wait_s
                 if not self.producer.wait_for_room(self._idle_tick):
                     break
                 self.stats.backpressure_wait_s += self.producer.wait_s - before
-                self._apply_pending_weights(self.config.learner.broadcast_timeout_s)
+                self._serve_calls()
                 for group in self.generate_once():
                     self.producer.put(group)
                     self.stats.groups_produced += 1
                     self.stats.completions += len(group.rollouts)
                     self.stats.completion_tokens += sum(len(r.completion_ids) for r in group.rollouts)
                     self.stats.group_ids.append(group.group_id)
+                self._report_progress()
         finally:
             self._running = False
-            self._apply_pending_weights(self.config.learner.broadcast_timeout_s)
+            self._serve_calls()
+            self._report_progress(force=True)
         return self.stats
+
+    def _report_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < self.config.metrics.progress_interval_s:
+            return
+        self._last_progress = now
+        values = {
+            "groups": float(self.stats.groups_produced),
+            "tokens": float(self.stats.completion_tokens),
+            "policy_version": float(self.version),
+        }
+        self.control.publish(Progress(component=self.actor_id, values=values))
 
     def _idle_tick(self) -> bool:
         """While waiting on backpressure, keep serving weight updates (the learner may be waiting on
         us to load before it consumes more); True when asked to stop."""
-        self._apply_pending_weights(self.config.learner.broadcast_timeout_s)
+        self._serve_calls()
         return self._stop.is_set()
 
     def stop(self) -> None:

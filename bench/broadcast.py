@@ -1,10 +1,13 @@
 """Weight broadcast: rank 0 (this process, the learner's role) sends a set of tensors to one
 receiver (a spawned process, an actor's role) over a gloo group from ``pope.weight_sync.make_group``.
 
-Per set of tensors, two ways, alternated rep by rep on the same group:
+Per set of tensors, three ways, alternated rep by rep on the same group:
 - pope: ``broadcast_tensors`` (bucketed: pack into flat buffers, one collective per bucket; the
   receiver allocates the buffer and takes views, as the engines do);
-- raw: ``group.broadcast(flat, 0).wait()`` of one preallocated flat tensor of the same bytes.
+- raw: ``group.broadcast(flat, 0).wait()`` of one preallocated flat tensor of the same bytes;
+- raw_fresh: the same, but the sender packs a new flat tensor (``torch.cat``) and the receiver
+  allocates a new one each rep: what pope does per bucket, without its code around it. So
+  pope - raw_fresh is pope's own overhead and raw_fresh - raw the cost of fresh buffers.
 
 A rep ends when rank 0 receives a 4-byte broadcast from the receiver sent after it finished, so
 both ways are timed from send start to "the receiver has everything" (plus the same small round
@@ -23,22 +26,29 @@ TIMEOUT_S = 300.0
 TENSOR_SHAPE = (1024, 1024)  # 4 MiB in fp32
 
 
-def _one_rep(group, metas, tensors, flat, rank: int) -> tuple[float, float]:
-    """One pope broadcast and one raw broadcast, each followed by the receiver's ack."""
+WAYS = ("pope", "raw", "raw_fresh")
+
+
+def _one_rep(group, metas, tensors, flat, rank: int) -> dict[str, float]:
+    """One broadcast each way, each followed by the receiver's ack; seconds per way."""
     from pope.weight_sync import broadcast_tensors
 
     ack = torch.zeros(1)
-    times = []
-    for way in ("pope", "raw"):
+    times = {}
+    for way in WAYS:
         t0 = time.perf_counter()
         if way == "pope":
             for _name, _view in broadcast_tensors(group, metas, tensors if rank == 0 else None, TIMEOUT_S):
                 pass
-        else:
+        elif way == "raw":
             group.broadcast(flat, 0).wait()
+        elif rank == 0:
+            group.broadcast(torch.cat([t.reshape(-1) for t in tensors]), 0).wait()
+        else:
+            group.broadcast(torch.empty_like(flat), 0).wait()
         group.broadcast(ack, 1).wait()
-        times.append(time.perf_counter() - t0)
-    return times[0], times[1]
+        times[way] = time.perf_counter() - t0
+    return times
 
 
 def _receiver(port: int, conn) -> None:
@@ -89,21 +99,15 @@ def run(quick: bool = False) -> dict:
             reps = 3 if quick else (20 if nbytes < 16 << 20 else 10)
             flat = torch.cat([t.reshape(-1) for t in tensors])
             parent.send(([(m.name, list(m.shape), m.dtype) for m in metas], reps))
-            pope_s, raw_s = [], []
-            for rep in range(reps + 1):
-                pope, raw = _one_rep(group, metas, tensors, flat, rank=0)
-                if rep > 0:
-                    pope_s.append(pope)
-                    raw_s.append(raw)
+            samples = [_one_rep(group, metas, tensors, flat, rank=0) for _ in range(reps + 1)][1:]
             assert parent.recv() == "done"
             mib = nbytes / 2**20
-            pope_med, raw_med = median(pope_s), median(raw_s)
-            results[name] = {
-                "mib": mib, "num_tensors": len(tensors), "reps": reps,
-                "pope_s": pope_med, "raw_s": raw_med,
-                "pope_mib_per_s": mib / pope_med, "raw_mib_per_s": mib / raw_med,
-                "pope_vs_raw": pope_med / raw_med,
-            }  # fmt: skip
+            entry = {"mib": mib, "num_tensors": len(tensors), "reps": reps}
+            for way in WAYS:
+                seconds = median([sample[way] for sample in samples])
+                entry[f"{way}_s"], entry[f"{way}_mib_per_s"] = seconds, mib / seconds
+            entry["pope_vs_raw"] = entry["pope_s"] / entry["raw_s"]
+            results[name] = entry
             if name != "tiny_model":
                 largest = name
     finally:

@@ -102,6 +102,27 @@ class StepReport(Message):
     schema_version: int = SCHEMA_VERSION
     step: int
     metrics: dict[str, float]
+    policy_lags: list[int] = Field(
+        default_factory=list, description="Per trained group: versions behind, >= 0."
+    )
+
+
+class Progress(Message):
+    """A component's cumulative counters and current gauges, published every few seconds."""
+
+    kind: Literal["progress"] = "progress"
+    schema_version: int = SCHEMA_VERSION
+    component: str = Field(description="'actor<i>' or 'preprocess<i>'.")
+    values: dict[str, float] = Field(description="Counters are cumulative since the component started.")
+
+
+class ScaleRequest(Message):
+    """Resize a pool of a running run (``pope scale``)."""
+
+    kind: Literal["scale_request"] = "scale_request"
+    schema_version: int = SCHEMA_VERSION
+    pool: Literal["actors", "preprocess"]
+    size: int = Field(ge=1, le=4096)
 
 
 class Stop(Message):
@@ -123,7 +144,7 @@ class DeadLetter(Message):
 
 
 AnyMessage = Annotated[
-    RolloutGroup | ScoredGroup | WeightsPublished | StepReport | Stop | DeadLetter,
+    RolloutGroup | ScoredGroup | WeightsPublished | StepReport | Progress | ScaleRequest | Stop | DeadLetter,
     Field(discriminator="kind"),
 ]
 _ANY = TypeAdapter(AnyMessage)

@@ -96,6 +96,26 @@ def stream_health(client: redis.Redis, run_id: str, stream: str) -> StreamHealth
     return StreamHealth(length=length, lag=lag, pending=int(info["pending"]), lost=lag - undelivered)
 
 
+def oldest_unconsumed_age_s(client: redis.Redis, run_id: str, stream: str) -> float:
+    """Age of the oldest entry the group has not acknowledged (pending or undelivered), from the
+    millisecond time in its id to the server's clock; 0 when the group is caught up."""
+    key = stream_key(run_id, stream)
+    group = GROUPS[stream]
+    candidates = []
+    summary = client.xpending(key, group)
+    if summary and summary.get("pending"):
+        candidates.append(_s(summary["min"]))
+    info = next(g for g in client.xinfo_groups(key) if _s(g["name"]) == group)
+    first_undelivered = client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+", count=1)
+    if first_undelivered:
+        candidates.append(_s(first_undelivered[0][0]))
+    if not candidates:
+        return 0.0
+    oldest_ms = min(int(c.split("-")[0]) for c in candidates)
+    seconds, micros = client.time()
+    return max(0.0, seconds + micros / 1e6 - oldest_ms / 1000.0)
+
+
 def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +58,8 @@ class Learner:
         self.actor_handles = list(actor_handles or [])
         self.group = None
         self._store = None
+        self._regroup_requests: queue.Queue = queue.Queue()
+        self._running = False
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.trained_group_ids: list[str] = []
         self.skipped: dict[str, list[str]] = {"zero_variance": [], "stale": []}
@@ -72,6 +76,48 @@ class Learner:
     # -- weights -------------------------------------------------------------------------------
     def init_weight_group(self, host: str, port: int, world_size: int) -> None:
         self.group, self._store = make_group(host, port, 0, world_size, self.cfg.broadcast_timeout_s)
+
+    def regroup(self, actor_handles: list) -> dict:
+        """The actor pool changed: form a new weight group with ``actor_handles`` (ranks 1..N), then
+        send the current weights so a new actor generates with them. Called from the launcher while
+        ``run`` goes on: the loop does it at its next pause (between steps, or while waiting for data)."""
+        done = threading.Event()
+        result: dict = {}
+        self._regroup_requests.put((list(actor_handles), done, result))
+        if not self._running:
+            self._serve_regroup()
+        if not done.wait(self.cfg.broadcast_timeout_s * 2):
+            raise TimeoutError(f"learner: regroup to {len(actor_handles)} actors did not finish")
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return result
+
+    def _serve_regroup(self) -> None:
+        import ray
+
+        from broker.embedded import free_port
+
+        while not self._regroup_requests.empty():
+            handles, done, result = self._regroup_requests.get()
+            try:
+                host, port = ray.util.get_node_ip_address(), free_port()
+                timeout = self.cfg.broadcast_timeout_s
+                world = len(handles) + 1
+                refs = [
+                    h.init_weight_group.remote(host, port, world, timeout, i + 1)
+                    for i, h in enumerate(handles)
+                ]
+                self.group, self._store = make_group(host, port, 0, world, timeout)
+                ray.get(refs, timeout=timeout)
+                self.actor_handles = handles
+                broadcast_s, num_bytes, sent, received = self.broadcast()
+                result.update(
+                    actors=len(handles), broadcast_s=broadcast_s, checksum=sent, actor_checksums=received
+                )
+            except Exception as exc:  # deliberate: handed to the caller, which reports it
+                result["error"] = f"regroup failed: {type(exc).__name__}: {exc}"
+            finally:
+                done.set()
 
     def broadcast(self) -> tuple[float, int, float, list[float]]:
         """Send the current weights to every actor.
@@ -116,6 +162,7 @@ class Learner:
         kept, entry_ids = [], []
         deadline = time.monotonic() + self.cfg.data_timeout_s
         while len(kept) < self.cfg.groups_per_step:
+            self._serve_regroup()
             got = self.consumer.read(self.cfg.groups_per_step - len(kept), self.config.broker.block_ms)
             if got:
                 deadline = time.monotonic() + self.cfg.data_timeout_s
@@ -134,6 +181,14 @@ class Learner:
     def run(self, steps: int) -> dict:
         """Train ``steps`` steps; each ends with a broadcast, a version bump and an acknowledgement."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._running = True
+        try:
+            return self._run(steps)
+        finally:
+            self._running = False
+            self._serve_regroup()
+
+    def _run(self, steps: int) -> dict:
         with open(self.metrics_path, "a", encoding="utf-8") as log:
             for _ in range(steps):
                 start = time.monotonic()
@@ -185,7 +240,11 @@ class Learner:
                 log.write(json.dumps(line) + "\n")
                 log.flush()
                 self.control.publish(
-                    StepReport(step=self.policy.step_count, metrics={k: float(v) for k, v in metrics.items()})
+                    StepReport(
+                        step=self.policy.step_count,
+                        metrics={k: float(v) for k, v in metrics.items()},
+                        policy_lags=[max(0, lag) for lag in lags],
+                    )
                 )
         return {
             "steps": self.policy.step_count,

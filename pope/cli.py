@@ -51,6 +51,28 @@ def _data_validate(args) -> int:
     return 0 if report.acceptable(args.max_bad_fraction) else 1
 
 
+def _scale(args) -> int:
+    """Ask a running run to resize a pool: a ScaleRequest on its control stream."""
+    from broker.schemas import ScaleRequest
+    from broker.streams import ControlChannel, connect
+
+    run_dir = Path(args.output_dir) / args.run
+    conn_file = run_dir / "connection.json"
+    if not conn_file.is_file():
+        print(f"pope scale: no run {args.run!r} in {args.output_dir} ({conn_file} missing)", file=sys.stderr)
+        return 2
+    connection = json.loads(conn_file.read_text())
+    client = connect(connection["redis_url"])
+    for request in args.sizes:
+        pool, _, size = request.partition("=")
+        if pool not in ("actors", "preprocess") or not size.isdigit() or int(size) < 1:
+            print(f"pope scale: {request!r}: use actors=N or preprocess=N with N >= 1", file=sys.stderr)
+            return 2
+        ControlChannel(client, connection["run_id"]).publish(ScaleRequest(pool=pool, size=int(size)))
+        print(f"asked run {connection['run_id']} for {pool}={size}")
+    return 0
+
+
 def _load_inputs(config, paths: list[str]):
     from pope.datasets import FieldMap, load_file
 
@@ -153,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         cmd.add_argument("overrides", nargs="*", help="dotted config overrides")
         cmd.set_defaults(func=_method)
+
+    scale = sub.add_parser("scale", help="resize a running run's actor or preprocess pool")
+    scale.add_argument("--run", required=True, help="run id (a folder of --output-dir)")
+    scale.add_argument("--output-dir", default="runs", help="the runs' parent folder (run.output_dir)")
+    scale.add_argument("sizes", nargs="+", help="actors=N and/or preprocess=N")
+    scale.set_defaults(func=_scale)
 
     args = parser.parse_args(argv)
     try:

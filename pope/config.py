@@ -274,6 +274,20 @@ class LearnerConfig(Section):
     save_checkpoint: bool = Field(True, description="Write the final model in Hugging Face format.")
 
 
+class MetricsConfig(Section):
+    enabled: bool = Field(
+        True, description="Serve the run's Prometheus metrics from the launcher (deploy/metrics.md)."
+    )
+    port: int = Field(
+        9464, ge=0, le=65535, description="Port of /metrics; 0 picks a free one (printed at start)."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind; use 0.0.0.0 on a cluster so Prometheus can reach the driver node.",
+    )
+    progress_interval_s: float = Field(1.0, gt=0, description="How often actors and workers report progress.")
+
+
 class PopeConfig(Section):
     """The root config: one section per component."""
 
@@ -284,6 +298,7 @@ class PopeConfig(Section):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _sections_agree(self) -> PopeConfig:

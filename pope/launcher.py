@@ -20,7 +20,7 @@ import time
 from contextlib import ExitStack
 
 from broker.embedded import EmbeddedRedis
-from broker.schemas import RolloutGroup, ScoredGroup, StepReport
+from broker.schemas import RolloutGroup, ScaleRequest, ScoredGroup, StepReport
 from broker.streams import (
     ControlChannel,
     connect,
@@ -31,6 +31,8 @@ from broker.streams import (
     unacked_ids,
 )
 from pope.config import PopeConfig, dump_config
+from pope.metrics import RunMetrics
+from pope.pools import Pools
 from pope.problems import run_problems
 from pope.tiny_model import resolve_model_path
 
@@ -101,6 +103,16 @@ def train(config: PopeConfig, printer=print) -> dict:
         stack.callback(client.close)
         ensure_groups(client, run_id)
         control = ControlChannel(client, run_id)
+        metrics = None
+        if config.metrics.enabled:
+            try:
+                metrics = RunMetrics(run_id, client, config.metrics.port, config.metrics.host)
+                stack.callback(metrics.close)
+                printer(f"metrics: http://{config.metrics.host}:{metrics.port}/metrics")
+            except OSError as exc:  # deliberate: a busy port costs the metrics, not the run
+                printer(
+                    f"metrics disabled: cannot serve on {config.metrics.host}:{config.metrics.port}: {exc}"
+                )
 
         problems = run_problems(
             config.data, config.run.seed
@@ -111,57 +123,15 @@ def train(config: PopeConfig, printer=print) -> dict:
         started_ray = _start_ray(config)
         if started_ray:
             stack.callback(ray.shutdown)
-        handles: list = []
-        stack.callback(_kill_all, handles)
+        pools = Pools(config, model_path, redis_url, _process_env(config, 1))
+        stack.callback(_kill_all, pools.all_handles)
+        _write_connection(run_dir, run_id, redis_url)
 
-        from actors.actor import RolloutActor
-        from learner.trainer import Learner
-        from preprocess.worker import PreprocessWorker
-
-        def options(
-            name: str, num_cpus: float, num_gpus: float, resources: dict, threads: int, concurrency: int
-        ):
-            env = _process_env(config, threads)
-            return {
-                "name": f"pope-{run_id}-{name}",
-                "num_cpus": num_cpus,
-                "num_gpus": num_gpus,
-                "resources": resources or None,
-                "max_concurrency": concurrency,
-                "runtime_env": {"env_vars": env},
-            }
-
-        acfg, lcfg, pcfg = config.actors, config.learner, config.preprocess
-        actors = [
-            ray.remote(RolloutActor)
-            .options(
-                **options(f"actor{i}", acfg.num_cpus, acfg.num_gpus, acfg.resources, acfg.torch_threads, 4)
-            )
-            .remote(config, i, model_path, redis_url)
-            for i in range(acfg.num_actors)
-        ]
-        handles += actors
-        workers = [
-            ray.remote(PreprocessWorker)
-            .options(**options(f"preprocess{i}", pcfg.num_cpus, 0, {}, 1, 2))
-            .remote(config, i, redis_url)
-            for i in range(pcfg.num_workers)
-        ]
-        handles += workers
-        learner = (
-            ray.remote(Learner)
-            .options(
-                **options("learner", lcfg.num_cpus, lcfg.num_gpus, lcfg.resources, lcfg.torch_threads, 2)
-            )
-            .remote(config, model_path, redis_url, str(run_dir), actors, len(problems))
-        )
-        handles.append(learner)
-
-        names = {}
-        for i, a in enumerate(actors):
-            names[a.__ray_ready__.remote()] = f"actor{i}"
-        for i, w in enumerate(workers):
-            names[w.__ray_ready__.remote()] = f"preprocess{i}"
+        acfg, lcfg = config.actors, config.learner
+        pools.actors = [pools.new_actor() for _ in range(acfg.num_actors)]
+        pools.workers = [pools.new_worker() for _ in range(config.preprocess.num_workers)]
+        learner = pools.new_learner(str(run_dir), len(problems))
+        names = {m.handle.__ray_ready__.remote(): m.name for m in pools.actors + pools.workers}
         names[learner.__ray_ready__.remote()] = "learner"
         _wait_all(names, "starting")
 
@@ -171,51 +141,31 @@ def train(config: PopeConfig, printer=print) -> dict:
         )
         world = acfg.num_actors + 1
         group_refs = {learner.init_weight_group.remote(host, port, world): "learner"}
-        for i, a in enumerate(actors):
-            group_refs[a.init_weight_group.remote(host, port, world, lcfg.broadcast_timeout_s)] = f"actor{i}"
+        for m in pools.actors:
+            group_refs[m.handle.init_weight_group.remote(host, port, world, lcfg.broadcast_timeout_s)] = (
+                m.name
+            )
         _wait_all(group_refs, "joining the weight-broadcast group")
         wall["setup_s"] = time.monotonic() - t_start
-        printer(
-            f"setup done in {wall['setup_s']:.1f}s: {acfg.num_actors} actors, {pcfg.num_workers} preprocess, 1 learner"
-        )
+        printer(f"setup done in {wall['setup_s']:.1f}s: {pools.sizes} and 1 learner")
 
         t_loop = time.monotonic()
-        loop_refs = {learner.run.remote(lcfg.steps): "learner"}
-        for i, w in enumerate(workers):
-            loop_refs[w.run.remote()] = f"preprocess{i}"
-        for i, a in enumerate(actors):
-            loop_refs[a.run.remote()] = f"actor{i}"
-        learner_ref = next(iter(loop_refs))
-
-        while True:
-            ready, _ = ray.wait(list(loop_refs), num_returns=1, timeout=0.5)
-            for report in control.poll():
-                if isinstance(report, StepReport):
-                    lag = (
-                        stream_health(client, run_id, "rollouts").in_flight
-                        + stream_health(client, run_id, "train").in_flight
-                    )
-                    printer(_progress(report, lcfg.steps, t_loop, lag))
-            if not ready:
-                continue
-            if ready[0] is learner_ref:
-                break
-            name = loop_refs[ready[0]]
-            try:
-                ray.get(ready[0])
-            except Exception as exc:
-                raise ComponentFailed(f"{name} failed: {exc}") from exc
-            raise ComponentFailed(f"{name} stopped before the learner finished")
+        learner_ref = learner.run.remote(lcfg.steps)
+        for m in pools.workers + pools.actors:
+            m.loop_ref = m.handle.run.remote()
+        _monitor(pools, learner_ref, control, client, metrics, run_id, lcfg.steps, t_loop, printer)
         try:
             learner_result = ray.get(learner_ref)
         except Exception as exc:
             raise ComponentFailed(f"learner failed: {exc}") from exc
         wall["train_loop_s"] = time.monotonic() - t_loop
 
-        for handle in actors + workers:
-            handle.stop.remote()
-        stop_refs = {ref: name for ref, name in loop_refs.items() if ref is not learner_ref}
-        stats = dict(zip(stop_refs.values(), _wait_all(stop_refs, "stopping"), strict=True))
+        actors = [m.handle for m in pools.actors]
+        for m in pools.actors + pools.workers:
+            m.handle.stop.remote()
+        stop_refs = pools.loop_refs()
+        stats = dict(pools.finished_stats)
+        stats.update(zip(stop_refs.values(), _wait_all(stop_refs, "stopping"), strict=True))
 
         # Every actor now holds the final weights: check it on a fixed prompt.
         probe_prompt = ray.get(
@@ -235,14 +185,63 @@ def train(config: PopeConfig, printer=print) -> dict:
         summary = _account(
             client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint
         )
-        for handle in actors + workers:
-            ray.get(handle.close.remote())
+        summary["pool_sizes"] = pools.sizes
+        if metrics is not None:
+            for report in control.poll():
+                metrics.observe(report)
+            metrics.refresh(pools.sizes)
+            summary["metrics_export_errors"] = metrics.export_errors
+        for m in pools.actors + pools.workers:
+            ray.get(m.handle.close.remote())
         ray.get(learner.close.remote())
         wall["total_s"] = time.monotonic() - t_start
         summary["wall_s"] = wall
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         summary["run_dir"] = str(run_dir)
         return summary
+
+
+def _write_connection(run_dir, run_id: str, redis_url: str) -> None:
+    """Where ``pope scale`` finds the run: its id and Redis URL (it holds the password: mode 0600)."""
+    path = run_dir / "connection.json"
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    path.write_text(json.dumps({"run_id": run_id, "redis_url": redis_url}))
+
+
+def _monitor(pools, learner_ref, control, client, metrics, run_id, steps, t_loop, printer) -> None:
+    """Until the learner finishes: progress lines, metrics, resize requests; a component that ends
+    early fails the run with its name."""
+    import ray
+
+    last_refresh = 0.0
+    while True:
+        loop_refs = pools.loop_refs()
+        ready, _ = ray.wait([learner_ref, *loop_refs], num_returns=1, timeout=0.5)
+        if metrics is not None and time.monotonic() - last_refresh > 1.0:
+            metrics.refresh(pools.sizes)
+            last_refresh = time.monotonic()
+        for message in control.poll():
+            if metrics is not None:
+                metrics.observe(message)
+            if isinstance(message, StepReport):
+                lag = sum(stream_health(client, run_id, s).in_flight for s in ("rollouts", "train"))
+                printer(_progress(message, steps, t_loop, lag))
+            elif isinstance(message, ScaleRequest):
+                printer(
+                    f"scale {message.pool} to {message.size}: "
+                    + pools.resize(message.pool, message.size, _wait_all)
+                )
+        if not ready or ready[0] is learner_ref:
+            if ready:
+                return
+            continue
+        name = loop_refs[ready[0]]
+        try:
+            ray.get(ready[0])
+        except Exception as exc:
+            raise ComponentFailed(f"{name} failed: {exc}") from exc
+        raise ComponentFailed(f"{name} stopped before the learner finished")
 
 
 def _wait_all(refs: dict, what: str, timeout_s: float = 900.0) -> list:

@@ -13,8 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from broker.schemas import RolloutGroup, ScoredGroup
-from broker.streams import Consumer, Producer, connect
+from broker.schemas import Progress, RolloutGroup, ScoredGroup
+from broker.streams import Consumer, ControlChannel, Producer, connect
 from preprocess.advantages import group_advantages
 from preprocess.scoring import Verifier
 
@@ -46,6 +46,8 @@ class PreprocessWorker:
             max_in_flight=config.broker.max_groups_in_flight,
             maxlen=config.broker.emergency_maxlen,
         )
+        self.control = ControlChannel(self.client, self.run_id)
+        self._last_progress = 0.0
         self.verifier = Verifier(config.preprocess.verify_timeout_s)
         self.stats = PreprocessStats()
         self._stop = threading.Event()
@@ -95,7 +97,20 @@ class PreprocessWorker:
     def run(self) -> PreprocessStats:
         while not self._stop.is_set():
             self.process_once()
+            self._report_progress()
+        self._report_progress(force=True)
         return self.stats
+
+    def _report_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < self.config.metrics.progress_interval_s:
+            return
+        self._last_progress = now
+        values = {
+            "groups": float(self.stats.groups_scored),
+            **{k: float(v) for k, v in self.stats.verdicts.items()},
+        }
+        self.control.publish(Progress(component=self.worker_id, values=values))
 
     def stop(self) -> None:
         self._stop.set()

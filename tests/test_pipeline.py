@@ -68,6 +68,7 @@ def run_pipeline(tmp_path: Path, engine: str, redis_url: str | None) -> tuple[di
         f"learner.groups_per_step={GROUPS_PER_STEP}",
         "learner.data_timeout_s=300",
         "broker.max_groups_in_flight=8",
+        "metrics.port=0",
     ]
     if redis_url:
         overrides.append(f"broker.redis_url={redis_url}")
