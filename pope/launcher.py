@@ -66,7 +66,10 @@ def _start_ray(config: PopeConfig) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=f"pope-{config.run.run_id}", log_to_driver=True)
         return False
-    ray.init(include_dashboard=False, namespace=f"pope-{config.run.run_id}", log_to_driver=True)
+    # address="local": always a fresh Ray of our own, never a cluster some other process left running
+    ray.init(
+        address="local", include_dashboard=False, namespace=f"pope-{config.run.run_id}", log_to_driver=True
+    )
     return True
 
 
@@ -123,7 +126,8 @@ def train(config: PopeConfig, printer=print) -> dict:
         started_ray = _start_ray(config)
         if started_ray:
             stack.callback(ray.shutdown)
-        pools = Pools(config, model_path, redis_url, _process_env(config, 1))
+        # components resolve the model themselves: a built-in model is built (or found cached) on each node
+        pools = Pools(config, config.model.path, redis_url, _process_env(config, 1))
         stack.callback(_kill_all, pools.all_handles)
         _write_connection(run_dir, run_id, redis_url)
 
@@ -135,17 +139,17 @@ def train(config: PopeConfig, printer=print) -> dict:
         names[learner.__ray_ready__.remote()] = "learner"
         _wait_all(names, "starting")
 
-        host = ray.get(learner.__ray_call__.remote(lambda self: ray.util.get_node_ip_address()))
-        port = ray.get(
-            learner.__ray_call__.remote(lambda self: __import__("broker.embedded").embedded.free_port())
+        def node_of(handle) -> str:
+            return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+
+        placement = {m.name: node_of(m.handle) for m in pools.actors + pools.workers} | {
+            "learner": node_of(learner)
+        }
+
+        # the weight group, then a first broadcast: every actor starts from the learner's exact weights
+        _wait_all(
+            {learner.regroup.remote([m.handle for m in pools.actors]): "learner"}, "forming the weight group"
         )
-        world = acfg.num_actors + 1
-        group_refs = {learner.init_weight_group.remote(host, port, world): "learner"}
-        for m in pools.actors:
-            group_refs[m.handle.init_weight_group.remote(host, port, world, lcfg.broadcast_timeout_s)] = (
-                m.name
-            )
-        _wait_all(group_refs, "joining the weight-broadcast group")
         wall["setup_s"] = time.monotonic() - t_start
         printer(f"setup done in {wall['setup_s']:.1f}s: {pools.sizes} and 1 learner")
 
@@ -186,6 +190,7 @@ def train(config: PopeConfig, printer=print) -> dict:
             client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint
         )
         summary["pool_sizes"] = pools.sizes
+        summary["placement"] = placement
         if metrics is not None:
             for report in control.poll():
                 metrics.observe(report)

@@ -103,7 +103,7 @@ def spec_hash(seed: int) -> str:
 
 
 def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """Build the model folder at ``out_dir`` (replacing it)."""
+    """Build the model folder at ``out_dir`` (kept if another process built it first)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -135,8 +135,12 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
         json.dumps({"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
     )
     (tmp / "pope_spec.json").write_text(json.dumps({**TINY_SPEC, "seed": seed}, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)  # atomic: a concurrent reader sees the old folder or the new one
+    try:
+        os.rename(tmp, out_dir)  # atomic: a concurrent reader sees no folder or the whole folder
+    except OSError:
+        if not (out_dir / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # another process built the same spec first: keep its folder
     return out_dir
 
 
