@@ -26,5 +26,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# bench: every benchmark in bench/ at full size (about 15 min on 2 cores), numbers into bench/results.json;
+# TRL (the peer of bench/trl_peer.py) comes from the `bench` extra
+bench: install
+	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m bench.run
+
 clean:
 	rm -rf runs .pytest_cache

@@ -12,6 +12,7 @@ the weight load run on one thread, so generation is paused while weights load; t
 from __future__ import annotations
 
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -71,6 +72,8 @@ class RolloutActor:
         self._calls: queue.Queue[_EngineCall] = queue.Queue()
         self._serve_lock = threading.Lock()
         self._sequence = 0
+        # a restarted actor (Ray max_restarts) starts a new incarnation: its group ids never repeat
+        self.incarnation = secrets.token_hex(3)
         self.client = None
         if redis_url is None:
             return
@@ -191,7 +194,7 @@ class RolloutActor:
             ]
             group = RolloutGroup(
                 run_id=self.run_id,
-                group_id=f"{self.actor_id}-{self._sequence:07d}",
+                group_id=f"{self.actor_id}-{self.incarnation}-{self._sequence:07d}",
                 problem_id=spec.problem.problem_id,
                 variant=spec.variant,
                 prefix_units=spec.prefix_units,

@@ -1,12 +1,17 @@
 """Run the selected benchmarks one after another and merge their numbers into bench/results.json.
 
-    python -m bench.run [--only broker,scoring,broadcast,learner,generation] [--quick]
+    python -m bench.run [--only broker,scoring,broadcast,learner,generation,pipeline,sync,trl] [--quick]
 
 The file keeps the keys of earlier runs that this one did not redo. Top level: ``machine`` (CPU
 model, cores, memory, python, torch and vllm versions) and ``date`` of the latest run; each
 benchmark's entry also carries its own ``date``, ``command``, ``quick`` flag and ``wall_s``, so a
 number can be traced to the run and the machine state that produced it. ``--quick`` runs small
 sizes, only to check that the benchmarks work: do not quote its numbers.
+
+After the benchmarks, the headline numbers (``ratio_vs_trl``, ``pipeline_efficiency``,
+``async_gain``, ``broker_share_of_step``, ``broadcast_vs_raw``, ``scoring_vs_raw``) are derived
+from the merged file by bench/derived.py and written at the top level with ``derived`` (their
+inputs) and ``targets`` (met or not).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ BENCHMARKS = {
     "broadcast": ("bench.broadcast", "broadcast"),
     "learner": ("bench.learner", "learner_step"),
     "generation": ("bench.generation", "generation"),
+    "pipeline": ("bench.pipeline", "pipeline"),
+    "sync": ("bench.sync", "sync"),
+    "trl": ("bench.trl_peer", "trl"),
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -100,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         _merge_write(args.out, {key: entry})
         print(json.dumps(numbers, indent=2), flush=True)
+    from bench.derived import derive
+
+    headline = derive(json.loads(args.out.read_text()))
+    _merge_write(args.out, headline)
+    print(json.dumps({k: v for k, v in headline.items() if k != "derived"}, indent=2))
     print(f"results: {args.out}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -123,8 +123,17 @@ def _s(value) -> str:
 class Producer:
     """Appends messages to one stream, waiting while its consumers are too far behind."""
 
-    def __init__(self, client: redis.Redis, run_id: str, stream: str, max_in_flight: int | None, maxlen: int):
+    def __init__(
+        self,
+        client: redis.Redis,
+        run_id: str,
+        stream: str,
+        max_in_flight: int | None,
+        maxlen: int,
+        count_pending: bool = True,
+    ):
         self.client = client
+        self.count_pending = count_pending
         self.run_id = run_id
         self.stream = stream
         self.key = stream_key(run_id, stream)
@@ -137,13 +146,17 @@ class Producer:
         if self.max_in_flight is None:
             return True
         start = time.monotonic()
-        while stream_health(self.client, self.run_id, self.stream).in_flight >= self.max_in_flight:
+        while self._in_flight() >= self.max_in_flight:
             if should_stop():
                 self.wait_s += time.monotonic() - start
                 return False
             time.sleep(poll_s)
         self.wait_s += time.monotonic() - start
         return True
+
+    def _in_flight(self) -> int:
+        health = stream_health(self.client, self.run_id, self.stream)
+        return health.in_flight if self.count_pending else health.lag
 
     def put(self, message: Message) -> str:
         entry_id = self.client.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True)
@@ -175,10 +188,29 @@ class Consumer:
         )
         return self._decode_entries(reply[0][1] if reply else [])
 
+    def read_own_pending(self, count: int) -> list[Entry]:
+        """Entries delivered to this consumer name and never acknowledged (a restarted consumer's)."""
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.key: "0"}, count=count)
+        return self._decode_entries(reply[0][1] if reply else [])
+
     def claim_stale(self, min_idle_ms: int, count: int) -> list[Entry]:
-        """Take over entries another consumer read but did not acknowledge within ``min_idle_ms``."""
+        """Take over entries another consumer read but did not acknowledge within ``min_idle_ms``.
+
+        An entry delivered ``max_deliveries`` times without being acknowledged (it crashed or hung
+        every consumer that took it) is dead-lettered with that reason instead of retried."""
         reply = self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, "0-0", count=count)
-        return self._decode_entries(reply[1])
+        claimed = reply[1]
+        keep = []
+        for raw_id, fields in claimed:
+            entry_id = _s(raw_id)
+            info = self.client.xpending_range(self.key, self.group, entry_id, entry_id, 1)
+            deliveries = int(info[0]["times_delivered"]) if info else 1
+            if fields is not None and deliveries > self.max_deliveries:
+                reason = f"delivered {deliveries - 1} times without being acknowledged (its consumers died or hung on it)"
+                self.dead_letter(entry_id, fields.get(FIELD, b""), reason)
+            else:
+                keep.append((raw_id, fields))
+        return self._decode_entries(keep)
 
     def ack(self, entry_ids: list[str]) -> None:
         if entry_ids:

@@ -202,6 +202,7 @@ class PolicyTrainer:
             ["loss", "clip_low", "clip_high", "ratio", "entropy", "kl", "abs_logprob_diff", "tokens"], 0.0
         )
         is_weights, is_masks = [], []
+        nonfinite = False
         start = time.monotonic()
         self.engine.train()
         mb = cfg.micro_batch_size
@@ -233,7 +234,10 @@ class PolicyTrainer:
                 logp_ref=logp_ref, kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
             )  # fmt: skip
             loss = aggregate(terms.per_token, m, norm)
-            self.engine.backward(loss * scale)
+            if torch.isfinite(loss):
+                self.engine.backward(loss * scale)
+            else:
+                nonfinite = True  # no backward: the gradients of the other micro-batches stay finite
             with torch.no_grad():
                 sums["loss"] += float(loss)
                 sums["clip_low"] += float(terms.clipped_low.sum())
@@ -250,13 +254,18 @@ class PolicyTrainer:
                 self.engine.step()  # DeepSpeed only updates at the accumulation boundary
         forward_backward_s = time.monotonic() - start
         start = time.monotonic()
-        self.engine.step()
+        nonfinite = self._all_reduce_sum(float(nonfinite)) > 0
+        if nonfinite:
+            self._skip_update()
+        else:
+            self.engine.step()
+            self.step_count += 1
         optimizer_s = time.monotonic() - start
-        self.step_count += 1
         totals = {key: self._all_reduce_sum(value) for key, value in sums.items()}
         tokens = max(totals["tokens"], 1.0)
         grad_norm = self.engine.get_global_grad_norm()
         return {
+            "nonfinite": float(nonfinite),
             "loss": totals["loss"],
             "clip_frac_low": totals["clip_low"] / tokens,
             "clip_frac_high": totals["clip_high"] / tokens,
@@ -270,6 +279,22 @@ class PolicyTrainer:
             "forward_backward_s": forward_backward_s,
             "optimizer_s": optimizer_s,
         }
+
+    def _skip_update(self) -> None:
+        """Close DeepSpeed's accumulation boundary without changing the weights: zero the gradients
+        and step with learning rate 0 (AdamW then moves nothing: lr scales both its update and its decay)."""
+        for param in self.engine.module.parameters():
+            if param.requires_grad:
+                param.grad = torch.zeros_like(
+                    param
+                )  # (tested under ZeRO 0; ZeRO 2/3 keep their own grad buffers)
+        groups = self.engine.optimizer.param_groups
+        saved = [g["lr"] for g in groups]
+        for g in groups:
+            g["lr"] = 0.0
+        self.engine.step()
+        for g, lr in zip(groups, saved, strict=True):
+            g["lr"] = lr
 
     @torch.no_grad()
     def logprobs_of(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:

@@ -64,7 +64,13 @@ class Learner:
         self._running = False
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.trained_group_ids: list[str] = []
-        self.skipped: dict[str, list[str]] = {"zero_variance": [], "stale": []}
+        self.skipped: dict[str, list[str]] = {"zero_variance": [], "stale": [], "duplicate": []}
+        self._trained: set[str] = set()
+        self._unacked: list[str] = []  # train entries trained since the last checkpoint
+        self._replay_pending = False  # on resume: first re-read what the dead learner had read
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_steps = 0
+        self.broadcast_failures = 0
         self.num_hard_problems = num_hard_problems
         self.unguided_history: list[
             tuple[int, str, bool]
@@ -112,7 +118,14 @@ class Learner:
                 self.group, self._store = make_group(host, port, 0, world, timeout)
                 ray.get(refs, timeout=timeout)
                 self.actor_handles = handles
-                broadcast_s, num_bytes, sent, received = self.broadcast()
+                try:
+                    broadcast_s, num_bytes, sent, received = self.broadcast()
+                except (
+                    RuntimeError,
+                    TimeoutError,
+                    OSError,
+                ) as exc:  # deliberate: an actor died mid-broadcast
+                    broadcast_s, num_bytes, sent, received = self._recover_broadcast(exc)
                 result.update(
                     actors=len(handles), broadcast_s=broadcast_s, checksum=sent, actor_checksums=received
                 )
@@ -134,7 +147,10 @@ class Learner:
         refs = [h.update_weights.remote(self.version, metas, timeout) for h in self.actor_handles]
         for _ in broadcast_tensors(self.group, metas, [t for _, t in named], timeout):
             pass
-        received = ray.get(refs, timeout=timeout)
+        try:
+            received = ray.get(refs, timeout=timeout)
+        except ray.exceptions.RayError as exc:
+            raise RuntimeError(f"an actor did not load weights v{self.version}: {exc}") from exc
         sent = float(sum(t.double().sum().item() for _, t in named))
         for index, value in enumerate(received):
             if not math.isclose(value, sent, rel_tol=1e-9, abs_tol=1e-6):
@@ -146,6 +162,9 @@ class Learner:
 
     # -- data ------------------------------------------------------------------------------------
     def _keep(self, scored: ScoredGroup) -> bool:
+        if scored.group.group_id in self._trained:  # e.g. scored twice after a preprocess worker died
+            self.skipped["duplicate"].append(scored.group.group_id)
+            return False
         if (
             self.cfg.max_policy_lag is not None
             and self.version - scored.group.policy_version_start > self.cfg.max_policy_lag
@@ -165,7 +184,13 @@ class Learner:
         deadline = time.monotonic() + self.cfg.data_timeout_s
         while len(kept) < self.cfg.groups_per_step:
             self._serve_regroup()
-            got = self.consumer.read(self.cfg.groups_per_step - len(kept), self.config.broker.block_ms)
+            want = self.cfg.groups_per_step - len(kept)
+            got = []
+            if self._replay_pending:
+                got = self.consumer.read_own_pending(want)
+                self._replay_pending = bool(got)
+            if not got:
+                got = self.consumer.read(want, self.config.broker.block_ms)
             if got:
                 deadline = time.monotonic() + self.cfg.data_timeout_s
             for entry in got:
@@ -179,6 +204,73 @@ class Learner:
                 )
         return kept, entry_ids
 
+    def _recover_broadcast(self, exc: Exception) -> tuple[float, int, float, list[float]]:
+        """A broadcast failed (an actor died): wait for the launcher's regroup with the restarted
+        pool, which sends these same weights to every actor; fail, naming the cause, if none comes."""
+        self.broadcast_failures += 1
+        deadline = time.monotonic() + self.cfg.broadcast_timeout_s
+        while self._regroup_requests.empty():
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"learner: weight broadcast v{self.version} failed and no regroup came: {exc}"
+                ) from exc
+            time.sleep(0.2)
+        _, _, result = self._regroup_requests.queue[0]
+        self._serve_regroup()
+        if "error" in result:
+            raise RuntimeError(result["error"]) from exc
+        num_bytes = sum(t.numel() * t.element_size() for _, t in self.policy.iter_weights())
+        return result["broadcast_s"], num_bytes, result["checksum"], result["actor_checksums"]
+
+    def _skip_nonfinite(self, groups: list[ScoredGroup], entry_ids: list[str]) -> None:
+        """The step's loss was NaN/inf: no update was applied. Its groups are set aside (counted),
+        and too many such steps in a row stop the run with the reason."""
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        self.skipped.setdefault("nonfinite", []).extend(g.group.group_id for g in groups)
+        self._unacked.extend(entry_ids)
+        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"learner: {self.nonfinite_in_a_row} steps in a row had a non-finite loss "
+                f"(learner.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); last groups: "
+                f"{[g.group.group_id for g in groups]}"
+            )
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self) -> None:
+        """Model, optimizer, step, version, RNG and the ids trained so far; then acknowledge the train
+        entries those steps consumed. An entry is acknowledged only once a checkpoint holds its
+        effect, so a learner that resumes from the last checkpoint trains each group exactly once."""
+        extra = {
+            "trained_group_ids": self.trained_group_ids,
+            "skipped": self.skipped,
+            "unguided_history": self.unguided_history,
+            "totals": self.totals,
+        }
+        self.policy.save_checkpoint(str(self.checkpoint_dir), extra)
+        self.consumer.ack(self._unacked)
+        self._unacked = []
+
+    def resume(self) -> int:
+        """Restore the last checkpoint; returns its step. The next reads replay this consumer's pending
+        entries (read by the dead learner, never acknowledged) before new ones."""
+        extra = self.policy.load_checkpoint(str(self.checkpoint_dir))
+        self.trained_group_ids = list(extra["trained_group_ids"])
+        self._trained = set(self.trained_group_ids)
+        self.skipped = {k: list(v) for k, v in extra["skipped"].items()}
+        self.unguided_history = [tuple(h) for h in extra["unguided_history"]]
+        self.totals = dict(extra["totals"])
+        self._replay_pending = True
+        if self.metrics_path.exists():  # drop the lines of steps the checkpoint does not hold
+            lines = self.metrics_path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= self.policy.step_count]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        return self.policy.step_count
+
     # -- the loop --------------------------------------------------------------------------------
     def run(self, steps: int) -> dict:
         """Train ``steps`` steps; each ends with a broadcast, a version bump and an acknowledgement."""
@@ -191,12 +283,17 @@ class Learner:
             self._serve_regroup()
 
     def _run(self, steps: int) -> dict:
+        """Until ``steps`` optimizer steps are done in all (a resumed learner continues its count)."""
         with open(self.metrics_path, "a", encoding="utf-8") as log:
-            for _ in range(steps):
+            while self.policy.step_count < steps:
                 start = time.monotonic()
                 groups, entry_ids = self.collect()
                 data_wait_s = time.monotonic() - start
                 metrics = self.policy.train_step(groups)
+                if metrics.get("nonfinite"):
+                    self._skip_nonfinite(groups, entry_ids)
+                    continue
+                self.nonfinite_in_a_row = 0
                 self.policy.version += 1
                 broadcast_s, num_bytes, sent, received = self.broadcast()
                 self.control.publish(
@@ -207,8 +304,15 @@ class Learner:
                         num_bytes=num_bytes,
                     )
                 )
-                self.consumer.ack(entry_ids)
                 self.trained_group_ids.extend(g.group.group_id for g in groups)
+                self._trained.update(g.group.group_id for g in groups)
+                self._unacked.extend(entry_ids)
+                every = self.cfg.checkpoint_every
+                if every == 0:
+                    self.consumer.ack(self._unacked)
+                    self._unacked = []
+                elif self.policy.step_count % every == 0 or self.policy.step_count >= steps:
+                    self.save_checkpoint()
                 rewards = [r for g in groups for r in g.rewards]
                 lags = [self.version - 1 - g.group.policy_version_start for g in groups]
                 metrics.update(
@@ -253,6 +357,8 @@ class Learner:
             "learner_version": self.version,
             "trained_group_ids": self.trained_group_ids,
             "skipped_group_ids": self.skipped,
+            "nonfinite_steps": self.nonfinite_steps,
+            "broadcast_failures": self.broadcast_failures,
             **self.totals,
         }
 

@@ -11,11 +11,22 @@ from pope.config import ConfigError, config_schema, dump_config, load_config
 
 
 def _train(args) -> int:
-    config = load_config(args.config, args.overrides)
     from pope.launcher import ComponentFailed, train
 
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config or not (run_dir / "config.yaml").is_file():
+            print(
+                f"pope train --resume {run_dir}: takes the run's own config.yaml (and overrides)",
+                file=sys.stderr,
+            )
+            return 2
+        overrides = [f"run.output_dir={run_dir.parent}", *args.overrides]
+        config = load_config(run_dir / "config.yaml", overrides)
+    else:
+        config = load_config(args.config, args.overrides)
     try:
-        summary = train(config)
+        summary = train(config, resume=bool(args.resume))
     except ComponentFailed as exc:
         print(f"pope train: {exc}", file=sys.stderr)
         return 1
@@ -118,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "train", help="run a training job (local Ray, or the cluster under ray job submit)"
     )
     train.add_argument("--config", help="YAML config file (configs/*.yaml); defaults when omitted")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument(
         "overrides", nargs="*", help="dotted overrides, e.g. learner.steps=5 actors.num_actors=1"
     )

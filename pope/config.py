@@ -163,6 +163,9 @@ class ActorsConfig(Section):
         default_factory=dict,
         description="Custom Ray resources each actor needs (places actors on actor nodes).",
     )
+    max_restarts: int = Field(
+        3, ge=0, description="Ray restarts of an actor that died; it then rejoins the broadcast."
+    )
 
 
 class BrokerConfig(Section):
@@ -181,6 +184,9 @@ class BrokerConfig(Section):
         100_000, ge=1000, description="MAXLEN cap on streams; only a safety net, never backpressure."
     )
     block_ms: int = Field(500, ge=1, le=60_000, description="How long a blocking stream read waits, ms.")
+    persistence: bool = Field(
+        True, description="The embedded Redis keeps an append-only file in the run dir, so a run can resume."
+    )
     socket_timeout_s: float = Field(30.0, gt=0, description="Redis socket timeout; no call waits longer.")
 
 
@@ -200,6 +206,15 @@ class PreprocessConfig(Section):
         4, ge=1, description="k of the pass@k objective (advantage=passk); at most num_rollouts."
     )
     num_cpus: float = Field(0.25, gt=0.0, description="Ray CPUs reserved per preprocess worker.")
+    claim_idle_s: float = Field(
+        60.0,
+        gt=0,
+        description="Entries a worker read but did not acknowledge for this long are claimed by another.",
+    )
+    max_deliveries: int = Field(
+        3, ge=1, description="An entry delivered this many times without being processed is dead-lettered."
+    )
+    max_restarts: int = Field(3, ge=0, description="Ray restarts of a preprocess worker that died.")
 
 
 class LearnerConfig(Section):
@@ -272,6 +287,14 @@ class LearnerConfig(Section):
         600.0, gt=0, description="The learner fails, naming the stream, when no data arrives for this long."
     )
     save_checkpoint: bool = Field(True, description="Write the final model in Hugging Face format.")
+    checkpoint_every: int = Field(
+        10, ge=0, description="Save a resumable checkpoint every this many steps (and at the end); 0 = never."
+    )
+    max_nonfinite_steps: int = Field(
+        3,
+        ge=1,
+        description="A step whose loss is NaN/inf is skipped and counted; this many in a row stop the run.",
+    )
 
 
 class MetricsConfig(Section):
@@ -286,6 +309,11 @@ class MetricsConfig(Section):
         description="Address to bind; use 0.0.0.0 on a cluster so Prometheus can reach the driver node.",
     )
     progress_interval_s: float = Field(1.0, gt=0, description="How often actors and workers report progress.")
+    heartbeat_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="A component silent this long (no progress report) is named and the run stops.",
+    )
 
 
 class PopeConfig(Section):

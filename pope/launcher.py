@@ -20,7 +20,7 @@ import time
 from contextlib import ExitStack
 
 from broker.embedded import EmbeddedRedis
-from broker.schemas import RolloutGroup, ScaleRequest, ScoredGroup, StepReport
+from broker.schemas import Progress, RolloutGroup, ScaleRequest, ScoredGroup, StepReport
 from broker.streams import (
     ControlChannel,
     connect,
@@ -84,15 +84,20 @@ def _progress(report: StepReport, steps: int, started: float, lag: int) -> str:
     )
 
 
-def train(config: PopeConfig, printer=print) -> dict:
-    """Run one training job to ``learner.steps`` steps; returns the summary (also in summary.json)."""
+def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
+    """Run one training job to ``learner.steps`` steps; returns the summary (also in summary.json).
+
+    ``resume``: continue the run of ``config.run.run_id`` from its last checkpoint, with the streams
+    as the persisted Redis kept them (pending entries are replayed, nothing trained twice)."""
     import ray
 
     config = config.with_run_id()
     run_id = config.run.run_id
     run_dir = (config.run.output_dir / run_id).resolve()
+    if resume and not (run_dir / "checkpoints" / "latest").is_file():
+        raise ComponentFailed(f"cannot resume {run_dir}: no checkpoint there (learner.checkpoint_every > 0?)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(config))
+    (run_dir / ("config.resumed.yaml" if resume else "config.yaml")).write_text(dump_config(config))
     wall: dict[str, float] = {}
     t_start = time.monotonic()
 
@@ -100,7 +105,9 @@ def train(config: PopeConfig, printer=print) -> dict:
         if config.broker.redis_url:
             redis_url = config.broker.redis_url
         else:
-            server = stack.enter_context(EmbeddedRedis(run_dir / "redis"))
+            server = stack.enter_context(
+                EmbeddedRedis(run_dir / "redis", persistence=config.broker.persistence)
+            )
             redis_url = server.url
         client = connect(redis_url, config.broker.socket_timeout_s)
         stack.callback(client.close)
@@ -146,6 +153,9 @@ def train(config: PopeConfig, printer=print) -> dict:
             "learner": node_of(learner)
         }
 
+        if resume:
+            step = ray.get(learner.resume.remote())
+            printer(f"resumed from the checkpoint of step {step}")
         # the weight group, then a first broadcast: every actor starts from the learner's exact weights
         _wait_all(
             {learner.regroup.remote([m.handle for m in pools.actors]): "learner"}, "forming the weight group"
@@ -157,7 +167,7 @@ def train(config: PopeConfig, printer=print) -> dict:
         learner_ref = learner.run.remote(lcfg.steps)
         for m in pools.workers + pools.actors:
             m.loop_ref = m.handle.run.remote()
-        _monitor(pools, learner_ref, control, client, metrics, run_id, lcfg.steps, t_loop, printer)
+        _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer)
         try:
             learner_result = ray.get(learner_ref)
         except Exception as exc:
@@ -214,12 +224,15 @@ def _write_connection(run_dir, run_id: str, redis_url: str) -> None:
     path.write_text(json.dumps({"run_id": run_id, "redis_url": redis_url}))
 
 
-def _monitor(pools, learner_ref, control, client, metrics, run_id, steps, t_loop, printer) -> None:
-    """Until the learner finishes: progress lines, metrics, resize requests; a component that ends
-    early fails the run with its name."""
+def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer) -> None:
+    """Until the learner finishes: progress lines, metrics, resize requests, restarts of components
+    Ray brought back, and heartbeats; a component that dies for good or goes silent fails the run
+    with its name."""
     import ray
 
+    steps = config.learner.steps
     last_refresh = 0.0
+    heard = {m.name: time.monotonic() for m in pools.actors + pools.workers}
     while True:
         loop_refs = pools.loop_refs()
         ready, _ = ray.wait([learner_ref, *loop_refs], num_returns=1, timeout=0.5)
@@ -229,7 +242,9 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, steps, t_loop
         for message in control.poll():
             if metrics is not None:
                 metrics.observe(message)
-            if isinstance(message, StepReport):
+            if isinstance(message, Progress):
+                heard[message.component] = time.monotonic()
+            elif isinstance(message, StepReport):
                 lag = sum(stream_health(client, run_id, s).in_flight for s in ("rollouts", "train"))
                 printer(_progress(message, steps, t_loop, lag))
             elif isinstance(message, ScaleRequest):
@@ -237,13 +252,27 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, steps, t_loop
                     f"scale {message.pool} to {message.size}: "
                     + pools.resize(message.pool, message.size, _wait_all)
                 )
-        if not ready or ready[0] is learner_ref:
-            if ready:
-                return
+                heard.update(
+                    {m.name: time.monotonic() for m in pools.actors + pools.workers if m.name not in heard}
+                )
+        live = {m.name for m in pools.actors + pools.workers}
+        for name, when in heard.items():
+            if name in live and time.monotonic() - when > config.metrics.heartbeat_timeout_s:
+                raise ComponentFailed(
+                    f"{name} sent no progress for {config.metrics.heartbeat_timeout_s:.0f}s (hung?)"
+                )
+        if ready and ready[0] is learner_ref:
+            return
+        if not ready:
             continue
         name = loop_refs[ready[0]]
         try:
             ray.get(ready[0])
+        except ray.exceptions.RayActorError as exc:
+            printer(f"{name} died ({type(exc).__name__}); waiting for Ray to restart it")
+            printer(pools.restart(name, _wait_all))
+            heard[name] = time.monotonic()
+            continue
         except Exception as exc:
             raise ComponentFailed(f"{name} failed: {exc}") from exc
         raise ComponentFailed(f"{name} stopped before the learner finished")

@@ -41,7 +41,14 @@ class Pools:
     _next_worker: int = 0
 
     def _options(
-        self, name: str, num_cpus: float, num_gpus: float, resources: dict, threads: int, concurrency: int
+        self,
+        name: str,
+        num_cpus: float,
+        num_gpus: float,
+        resources: dict,
+        threads: int,
+        concurrency: int,
+        restarts: int = 0,
     ):
         env = dict(self.env, OMP_NUM_THREADS=str(threads))
         return {
@@ -50,6 +57,7 @@ class Pools:
             "num_gpus": num_gpus,
             "resources": resources or None,
             "max_concurrency": concurrency,
+            "max_restarts": restarts,
             "runtime_env": {"env_vars": env},
         }
 
@@ -60,7 +68,9 @@ class Pools:
 
         acfg = self.config.actors
         name = f"actor{self._next_actor}"
-        opts = self._options(name, acfg.num_cpus, acfg.num_gpus, acfg.resources, acfg.torch_threads, 4)
+        opts = self._options(
+            name, acfg.num_cpus, acfg.num_gpus, acfg.resources, acfg.torch_threads, 4, acfg.max_restarts
+        )
         handle = (
             ray.remote(RolloutActor)
             .options(**opts)
@@ -76,7 +86,9 @@ class Pools:
         from preprocess.worker import PreprocessWorker
 
         name = f"preprocess{self._next_worker}"
-        opts = self._options(name, self.config.preprocess.num_cpus, 0, {}, 1, 2)
+        opts = self._options(
+            name, self.config.preprocess.num_cpus, 0, {}, 1, 2, self.config.preprocess.max_restarts
+        )
         handle = (
             ray.remote(PreprocessWorker)
             .options(**opts)
@@ -143,6 +155,22 @@ class Pools:
             ray.get(member.handle.close.remote())
             ray.kill(member.handle)
         return f"actor pool at {len(self.actors)} (regrouped in {time.monotonic() - start:.1f}s)"
+
+    def restart(self, name: str, wait_all) -> str:
+        """Ray restarted ``name`` (max_restarts): wait until it is back; an actor first rejoins the
+        weight group (the learner regroups and sends the current weights); then its loop restarts."""
+        import ray
+
+        member = next(m for m in self.actors + self.workers if m.name == name)
+        try:
+            wait_all({member.handle.__ray_ready__.remote(): name}, "restarting", timeout_s=600)
+        except ray.exceptions.RayActorError as exc:
+            raise RuntimeError(f"{name} is gone for good (no restarts left?): {exc}") from exc
+        if member in self.actors:
+            ray.get(self.learner.regroup.remote([m.handle for m in self.actors]))
+        member.loop_ref = member.handle.run.remote()
+        self.restarts = getattr(self, "restarts", 0) + 1
+        return f"{name} restarted and back in the run"
 
     def _retire(self, member: Member, wait_all) -> None:
         import ray

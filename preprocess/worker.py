@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from broker.schemas import Progress, RolloutGroup, ScoredGroup
+from broker.schemas import Progress, RolloutGroup, ScoredGroup, encode
 from broker.streams import Consumer, ControlChannel, Producer, connect
 from preprocess.advantages import group_advantages
 from preprocess.scoring import Verifier
@@ -38,20 +38,28 @@ class PreprocessWorker:
         self.run_id = config.run.run_id
         self.worker_id = f"preprocess{worker_index}"
         self.client = connect(redis_url, config.broker.socket_timeout_s)
-        self.consumer = Consumer(self.client, self.run_id, "rollouts", self.worker_id)
+        self.consumer = Consumer(
+            self.client,
+            self.run_id,
+            "rollouts",
+            self.worker_id,
+            max_deliveries=config.preprocess.max_deliveries,
+        )
         self.producer = Producer(
             self.client,
             self.run_id,
             "train",
             max_in_flight=config.broker.max_groups_in_flight,
             maxlen=config.broker.emergency_maxlen,
+            count_pending=False,  # the learner holds trained entries pending until its next checkpoint
         )
         self.control = ControlChannel(self.client, self.run_id)
         self._last_progress = 0.0
         self.verifier = Verifier(config.preprocess.verify_timeout_s)
         self.stats = PreprocessStats()
         self._stop = threading.Event()
-        self.claim_idle_ms = int(max(60.0, 4 * config.preprocess.verify_timeout_s) * 1000)
+        self._own_pending_done = False  # a restarted worker first finishes what it had read
+        self.claim_idle_ms = int(config.preprocess.claim_idle_s * 1000)
 
     def score_group(self, group: RolloutGroup) -> ScoredGroup:
         start = time.monotonic()
@@ -74,7 +82,9 @@ class PreprocessWorker:
     def process_once(self) -> int:
         """Read, score, publish and acknowledge up to ``groups_per_read`` groups; returns how many."""
         count = self.config.preprocess.groups_per_read
-        entries = self.consumer.claim_stale(self.claim_idle_ms, count)
+        entries = self.consumer.read_own_pending(count) if not self._own_pending_done else []
+        self._own_pending_done = self._own_pending_done or not entries
+        entries = entries or self.consumer.claim_stale(self.claim_idle_ms, count)
         self.stats.claimed += len(entries)
         if not entries:
             entries = self.consumer.read(count, self.config.broker.block_ms)
@@ -87,7 +97,16 @@ class PreprocessWorker:
                 continue
             if not self.producer.wait_for_room(self._stop.is_set):
                 break  # stopping: the rest stay pending, counted as in flight
-            self.producer.put(self.score_group(entry.message))
+            try:
+                scored = self.score_group(entry.message)
+            except ValueError as exc:  # deliberate: a malformed group is set aside with its reason, counted
+                self.consumer.dead_letter(
+                    entry.entry_id,
+                    encode(entry.message),
+                    f"cannot score group {entry.message.group_id}: {exc}",
+                )
+                continue
+            self.producer.put(scored)
             self.consumer.ack([entry.entry_id])
             self.stats.groups_scored += 1
             done.append(entry.entry_id)

@@ -15,6 +15,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def become_subreaper() -> None:
+    """Orphaned descendants (daemons of `ray start`, engine processes) re-parent to this process, so
+    tests can find, check and end exactly the processes they caused (Linux prctl)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     from broker.embedded import EmbeddedRedis

@@ -9,7 +9,6 @@ created, never anything else on the machine (no `ray stop`).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -25,11 +24,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, become_subreaper
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 VENV_BIN = Path(sys.executable).parent
-PR_SET_CHILD_SUBREAPER = 36
 
 
 def _env() -> dict:
@@ -43,8 +41,7 @@ class Descendants:
     """Kills, at the end, every descendant of this process created after it began."""
 
     def __enter__(self):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        become_subreaper()
         self.since = time.time() - 0.5
         return self
 

@@ -59,3 +59,13 @@ def test_resume_continues_exactly(tmp_path, tiny_model_path, one_rank):
     assert resumed["losses"] == [saved["losses"][1]]
     assert resumed["checksum"] == saved["checksum"] and resumed["sample"] == saved["sample"]
     assert saved["losses"] == one_rank["losses"]  # the save itself changes nothing
+
+
+def test_nonfinite_loss_skips_the_update(tmp_path, tiny_model_path, one_rank):
+    """A batch with NaN behaviour logprobs: the step is skipped (weights bit-identical, counted), and
+    the next good step equals the uninterrupted run's second step."""
+    got = run_script(tmp_path, tiny_model_path, "nan", "--zero", "0", "--mode", "nan")
+    assert got["nonfinite"] == 1.0 and got["unchanged_after_nan"] is True
+    assert got["steps"] == 2  # two updates: the NaN step did not count
+    assert got["losses"][0] == one_rank["losses"][0]
+    assert got["losses"][1] == pytest.approx(one_rank["losses"][1], rel=1e-6)

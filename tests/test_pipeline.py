@@ -12,46 +12,24 @@ import psutil
 import pytest
 
 from pope.config import load_config
+from tests.conftest import become_subreaper
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+become_subreaper()
 STEPS = 3
 GROUPS_PER_STEP = 4
 
 
-# what the pipeline starts: Ray's processes, vLLM's engine processes, redis-server, verifier children
-LEFTOVER_MARKERS = (
-    "ray::",
-    "raylet",
-    "gcs_server",
-    "ray/_private",
-    "redis-server",
-    "VLLM",
-    "EngineCore",
-    "multiprocessing.spawn",
-)
-
-
-def _new_processes(since: float, exclude: set[int]) -> list[str]:
-    """Processes started after ``since`` that still run (besides this one and the excluded)."""
-    me = psutil.Process()
-    mine = {me.pid} | exclude
-    left = []
-    for proc in psutil.process_iter(["pid", "create_time", "cmdline", "status"]):
-        info = proc.info
-        if info["pid"] in mine or info["create_time"] < since or info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        cmd = " ".join(info["cmdline"] or [])
-        if any(
-            word in cmd for word in ("ray", "redis-server", "vllm", "EngineCore", "pope", "multiprocessing")
-        ):
-            left.append(f"{info['pid']}: {cmd[:120]}")
-    return left
-
-
 def _wait_no_leftovers(since: float, exclude: set[int], grace_s: float = 30.0) -> list[str]:
+    """Descendants of this test process (a child subreaper: orphans stay ours) started after
+    ``since`` that still run, after a grace period. Other processes on the machine do not count."""
     deadline = time.monotonic() + grace_s
     while True:
-        left = _new_processes(since, exclude)
+        left = [
+            f"{p.pid}: {' '.join(p.cmdline())[:120]}"
+            for p in psutil.Process().children(recursive=True)
+            if p.pid not in exclude and p.create_time() >= since and p.status() != psutil.STATUS_ZOMBIE
+        ]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(1.0)

@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--zero", type=int, default=0)
     parser.add_argument("--checkpoint")
-    parser.add_argument("--mode", choices=["plain", "save", "resume"], default="plain")
+    parser.add_argument("--mode", choices=["plain", "save", "resume", "nan"], default="plain")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     config = load_config(None, [
@@ -69,7 +69,22 @@ def main() -> None:
     vocab = trainer.engine.module.config.vocab_size
     batch_a, batch_b = fixed_batch(1, 2, 4, vocab), fixed_batch(2, 2, 4, vocab)
     losses = []
-    if args.mode == "resume":
+    if args.mode == "nan":  # step 1 normal, step 2 on a batch whose behaviour logprobs are NaN
+        losses.append(trainer.train_step(batch_a)["loss"])
+        before = {n: t.clone() for n, t in trainer.iter_weights()}
+        bad = [g.model_copy(update={"group": g.group.model_copy(update={"rollouts": [
+            r.model_copy(update={"behaviour_logprobs": PackedArray.of([float("nan")] * len(r.completion_ids), "float32")})
+            for r in g.group.rollouts]})}) for g in batch_b]  # fmt: skip
+        metrics = trainer.train_step(bad)
+        after_bad = dict(trainer.iter_weights())
+        unchanged = all(torch.equal(before[n], after_bad[n]) for n in before)
+        losses.append(trainer.train_step(batch_b)["loss"])
+        extra = {
+            "nonfinite": metrics["nonfinite"],
+            "unchanged_after_nan": unchanged,
+            "steps": trainer.step_count,
+        }
+    elif args.mode == "resume":
         trainer.load_checkpoint(args.checkpoint)
         losses.append(trainer.train_step(batch_b)["loss"])
     else:
@@ -86,6 +101,7 @@ def main() -> None:
         "abs_checksum": float(sum(t.double().abs().sum().item() for t in weights.values())),
         "sample": weights["model.layers.0.mlp.up_proj.weight"].reshape(-1)[:8].double().tolist(),
         "world_size": trainer.world_size,
+        **(extra if args.mode == "nan" else {}),
     }
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "w") as f:

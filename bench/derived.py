@@ -1,0 +1,98 @@
+"""The headline numbers, derived from the benchmarks' entries in results.json, against the targets.
+
+    ratio_vs_trl          pipeline.completions_per_s / trl.completions_per_s                 target >= 10
+    async_gain            pipeline.completions_per_s / sync.completions_per_s                (no target)
+    pipeline_efficiency   compute_bound_s / pipeline.train_loop_s                             target >= 0.8
+                          compute_bound_s = pipeline.completion_tokens_trained / generation.vllm.tokens_per_s
+                                          + pipeline.steps * learner_step.step_s_mean
+    broker_share_of_step  broker.tokens_64.per_group_ms * HOPS * groups_per_step
+                          / (1000 * pipeline.step_period_s)                                   target <= 0.02
+    broadcast_vs_raw      broadcast.broadcast_vs_raw (pope / raw seconds, largest set)        target <= 1.5
+    scoring_vs_raw        scoring.scoring_vs_raw (verifier rate / in-process rate, 1 core)    target >= 0.9
+
+HOPS = 2: every group crosses the broker twice (rollouts stream: actor -> preprocess; train
+stream: preprocess -> learner), each hop a put, a read and an ack. The 64-token size is the one
+closest to the pipeline's completions (at most 48 tokens). A number whose inputs are missing from
+results.json is None.
+"""
+
+from __future__ import annotations
+
+HOPS = 2
+TARGETS = {  # key -> (comparison, bound)
+    "ratio_vs_trl": (">=", 10.0),
+    "pipeline_efficiency": (">=", 0.8),
+    "broker_share_of_step": ("<=", 0.02),
+    "broadcast_vs_raw": ("<=", 1.5),
+    "scoring_vs_raw": (">=", 0.9),
+}
+
+
+def _get(results: dict, *path: str):
+    node = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def derive(results: dict) -> dict:
+    """Top-level keys for results.json: each headline number, ``derived`` (their inputs) and
+    ``targets`` (value, bound, met)."""
+    pipe = results.get("pipeline") or {}
+    pipe_rate = pipe.get("completions_per_s")
+    gen_tps = _get(results, "generation", "vllm", "tokens_per_s")
+    learner_step_s = _get(results, "learner_step", "step_s_mean")
+    per_group_ms = _get(results, "broker", "tokens_64", "per_group_ms")
+
+    bound = None
+    if pipe and gen_tps and learner_step_s:
+        generate_only_s = pipe["completion_tokens_trained"] / gen_tps
+        train_only_s = pipe["steps"] * learner_step_s
+        bound = {
+            "generate_only_s": generate_only_s,
+            "train_only_s": train_only_s,
+            "compute_bound_s": generate_only_s + train_only_s,
+        }
+    sync = results.get("sync") or {}
+    sync_bound = None
+    if pipe and sync.get("stage_total_s") and sync.get("steps"):
+        stages = sync["stage_total_s"]
+        sync_bound = (stages["generate_s"] + stages["train_s"]) * pipe["steps"] / sync["steps"]
+
+    broker_step_ms = None
+    if per_group_ms is not None and pipe:
+        broker_step_ms = per_group_ms * HOPS * pipe["groups_per_step"]
+    out = {
+        "ratio_vs_trl": _ratio(pipe_rate, _get(results, "trl", "completions_per_s")),
+        "pipeline_efficiency": _ratio(bound and bound["compute_bound_s"], pipe.get("train_loop_s")),
+        "async_gain": _ratio(pipe_rate, sync.get("completions_per_s")),
+        "broker_share_of_step": _ratio(broker_step_ms, pipe and 1000 * pipe["step_period_s"]),
+        "broadcast_vs_raw": _get(results, "broadcast", "broadcast_vs_raw"),
+        "scoring_vs_raw": _get(results, "scoring", "scoring_vs_raw"),
+    }
+    out["derived"] = {
+        "compute_bound": bound,
+        "pipeline_efficiency_vs_sync_stages": _ratio(sync_bound, pipe.get("train_loop_s")),
+        "sync_generate_plus_train_s_scaled": sync_bound,
+        "broker_hops_per_group": HOPS,
+        "broker_ms_per_step": broker_step_ms,
+        "broker_share_of_step_one_hop": _ratio(
+            per_group_ms and per_group_ms * pipe.get("groups_per_step", 0),
+            pipe and 1000 * pipe["step_period_s"],
+        ),  # fmt: skip
+        "async_gain_steady": _ratio(
+            pipe.get("steady_completions_per_s"), sync.get("steady_completions_per_s")
+        ),
+    }
+    out["targets"] = {}
+    for key, (op, bound_value) in TARGETS.items():
+        value = out[key]
+        met = None if value is None else (value >= bound_value if op == ">=" else value <= bound_value)
+        out["targets"][key] = {"value": value, "target": f"{op} {bound_value}", "met": met}
+    return out
