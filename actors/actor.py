@@ -252,6 +252,7 @@ class RolloutActor:
         """While waiting on backpressure, keep serving weight updates (the learner may be waiting on
         us to load before it consumes more); True when asked to stop."""
         self._serve_calls()
+        self._report_progress()  # alive, though waiting: the heartbeat is about liveness, not speed
         return self._stop.is_set()
 
     def stop(self) -> None:

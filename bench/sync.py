@@ -49,6 +49,9 @@ def _broadcast(trainer, pool: ThreadPoolExecutor, group, engine, timeout_s: floa
         return float(sum(t.double().sum().item() for _, t in named))
 
     future = pool.submit(send)
+    future.add_done_callback(
+        lambda f: f.exception() and print(f"rank 0 failed: {f.exception()!r}", flush=True)
+    )
     received = engine.receive_weights(metas, timeout_s)
     sent = future.result(timeout=timeout_s)
     if not math.isclose(received, sent, rel_tol=1e-9, abs_tol=1e-6):

@@ -181,6 +181,7 @@ class Consumer:
         self.consumer = consumer
         self.max_deliveries = max_deliveries
         self.dead_lettered = 0
+        self._pending_cursor = "0-0"
 
     def read(self, count: int, block_ms: int) -> list[Entry]:
         reply = self.client.xreadgroup(
@@ -190,8 +191,13 @@ class Consumer:
 
     def read_own_pending(self, count: int) -> list[Entry]:
         """Entries delivered to this consumer name and never acknowledged (a restarted consumer's)."""
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.key: "0"}, count=count)
-        return self._decode_entries(reply[0][1] if reply else [])
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.key: self._pending_cursor}, count=count
+        )
+        raw = reply[0][1] if reply else []
+        if raw:  # pending entries stay pending until acknowledged: move past the ones handed out
+            self._pending_cursor = _s(raw[-1][0])
+        return self._decode_entries(raw)
 
     def claim_stale(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries another consumer read but did not acknowledge within ``min_idle_ms``.
@@ -253,6 +259,12 @@ class ControlChannel:
 
     def publish(self, message: Message) -> str:
         return _s(self.client.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True))
+
+    def skip_history(self) -> None:
+        """Read only what is published from now on (a resumed launcher must not replay old reports)."""
+        last = self.client.xrevrange(self.key, count=1)
+        if last:
+            self.last_id = _s(last[0][0])
 
     def poll(self, block_ms: int | None = None) -> list[Message]:
         """Messages published since the last poll (blocking up to ``block_ms`` when given)."""

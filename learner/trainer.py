@@ -118,14 +118,7 @@ class Learner:
                 self.group, self._store = make_group(host, port, 0, world, timeout)
                 ray.get(refs, timeout=timeout)
                 self.actor_handles = handles
-                try:
-                    broadcast_s, num_bytes, sent, received = self.broadcast()
-                except (
-                    RuntimeError,
-                    TimeoutError,
-                    OSError,
-                ) as exc:  # deliberate: an actor died mid-broadcast
-                    broadcast_s, num_bytes, sent, received = self._recover_broadcast(exc)
+                broadcast_s, num_bytes, sent, received = self.broadcast()
                 result.update(
                     actors=len(handles), broadcast_s=broadcast_s, checksum=sent, actor_checksums=received
                 )
@@ -295,7 +288,14 @@ class Learner:
                     continue
                 self.nonfinite_in_a_row = 0
                 self.policy.version += 1
-                broadcast_s, num_bytes, sent, received = self.broadcast()
+                try:
+                    broadcast_s, num_bytes, sent, received = self.broadcast()
+                except (
+                    RuntimeError,
+                    TimeoutError,
+                    OSError,
+                ) as exc:  # deliberate: an actor died mid-broadcast
+                    broadcast_s, num_bytes, sent, received = self._recover_broadcast(exc)
                 self.control.publish(
                     WeightsPublished(
                         version=self.version,

@@ -113,6 +113,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         stack.callback(client.close)
         ensure_groups(client, run_id)
         control = ControlChannel(client, run_id)
+        control.skip_history()
         metrics = None
         if config.metrics.enabled:
             try:
@@ -270,7 +271,10 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
             ray.get(ready[0])
         except ray.exceptions.RayActorError as exc:
             printer(f"{name} died ({type(exc).__name__}); waiting for Ray to restart it")
-            printer(pools.restart(name, _wait_all))
+            try:
+                printer(pools.restart(name, _wait_all))
+            except RuntimeError as restart_error:
+                raise ComponentFailed(f"{name} died and could not come back: {restart_error}") from exc
             heard[name] = time.monotonic()
             continue
         except Exception as exc:

@@ -162,10 +162,17 @@ class Pools:
         import ray
 
         member = next(m for m in self.actors + self.workers if m.name == name)
-        try:
-            wait_all({member.handle.__ray_ready__.remote(): name}, "restarting", timeout_s=600)
-        except ray.exceptions.RayActorError as exc:
-            raise RuntimeError(f"{name} is gone for good (no restarts left?): {exc}") from exc
+        deadline = time.monotonic() + 600
+        while True:  # calls fail with ActorUnavailableError while Ray restarts it
+            try:
+                ray.get(member.handle.__ray_ready__.remote(), timeout=60)
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+            except ray.exceptions.ActorDiedError as exc:
+                raise RuntimeError(f"{name} is gone for good (no restarts left?): {exc}") from exc
         if member in self.actors:
             ray.get(self.learner.regroup.remote([m.handle for m in self.actors]))
         member.loop_ref = member.handle.run.remote()

@@ -141,3 +141,21 @@ def test_embedded_redis_requires_password_and_binds_loopback(redis_server):
         anonymous.ping()
     conf = (redis_server.workdir / "redis.conf").read_text()
     assert "bind 127.0.0.1" in conf
+
+
+def test_poison_entry_dead_lettered_after_max_deliveries(redis_client, run_id):
+    """An entry that every consumer takes and never acknowledges (it kills them) is set aside."""
+    Producer(redis_client, run_id, "rollouts", None, 100_000).put(make_group("actor0-poison"))
+    first = Consumer(redis_client, run_id, "rollouts", "w0", max_deliveries=2)
+    assert len(first.read(count=1, block_ms=100)) == 1  # delivery 1; the worker "dies"
+    claimer = Consumer(redis_client, run_id, "rollouts", "w1", max_deliveries=2)
+    time.sleep(0.05)
+    assert len(claimer.claim_stale(min_idle_ms=10, count=10)) == 1  # delivery 2; dies again
+    time.sleep(0.05)
+    assert claimer.claim_stale(min_idle_ms=10, count=10) == []  # delivery 3 > 2: dead-lettered
+    from broker.schemas import decode
+
+    (letter,) = [decode(f[FIELD]) for _, f in redis_client.xrange(stream_key(run_id, "dead"))]
+    assert "delivered 2 times without being acknowledged" in letter.reason
+    assert decode(letter.payload).group_id == "actor0-poison"  # the entry itself is kept, inspectable
+    assert stream_health(redis_client, run_id, "rollouts").pending == 0

@@ -1,0 +1,134 @@
+"""Faults, for real: a component's process is killed mid-run (SIGKILL) and the run completes with
+every rollout group trained exactly once or counted in flight, none lost, none trained twice
+(counted by group id from the streams and the learner's log)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT, become_subreaper
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+POPE = str(Path(sys.executable).parent / "pope")
+COMMON = [
+    "--config", "configs/demo_cpu_hf.yaml", "metrics.port=0", "actors.max_new_tokens=24", "learner.groups_per_step=2",
+    "learner.broadcast_timeout_s=60", "preprocess.claim_idle_s=5", "learner.checkpoint_every=2",
+    "broker.max_groups_in_flight=4", "actors.prompts_per_call=2",
+]  # fmt: skip
+
+
+def _env() -> dict:
+    import os
+
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _train(tmp_path: Path, run_id: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / f"{run_id}-{int(time.time() * 1000)}.log"
+    handle = open(log, "w")  # noqa: SIM115 (lives as long as the process)
+    proc = subprocess.Popen(
+        [POPE, "train", *args], env=_env(), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT
+    )
+    return proc, log
+
+
+def _wait_for(log: Path, pattern: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if re.search(pattern, log.read_text()):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"exited ({proc.returncode}) before {pattern!r}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.3)
+    raise AssertionError(f"no {pattern!r} in {timeout_s}s:\n{log.read_text()[-4000:]}")
+
+
+def _kill_component(marker: str) -> int:
+    """SIGKILL the one Ray actor process (a descendant of this test) whose title names ``marker``."""
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if title.startswith("ray::") and marker in title:
+            proc.send_signal(signal.SIGKILL)
+            return proc.pid
+    raise AssertionError(f"no process titled ray::...{marker}")
+
+
+def _check_exactly_once(run_dir: Path, steps: int, groups_per_step: int) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == steps
+    assert summary["groups_lost"] == 0, summary["lost_group_ids"]
+    assert summary["groups_duplicated"] == 0
+    assert summary["groups_trained"] == steps * groups_per_step
+    assert summary["groups_generated"] == summary["groups_trained"] + summary[
+        "groups_in_flight_at_stop"
+    ] + sum(summary["groups_skipped"].values())
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, steps + 1))
+    ids = [g["group_id"] for m in lines for g in m["groups"]]
+    assert len(ids) == len(set(ids)) == steps * groups_per_step, "a group was trained twice"
+    assert sorted(ids) == summary["trained_group_ids"]
+    assert summary["actor_versions"] == [summary["learner_version"]] * len(summary["actor_versions"])
+    return summary
+
+
+@pytest.fixture(autouse=True)
+def _own_processes():
+    become_subreaper()
+    since = time.time()
+    yield
+    procs = [p for p in psutil.Process().children(recursive=True) if p.create_time() >= since]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(procs, timeout=15)
+
+
+@pytest.mark.parametrize("marker", ["RolloutActor", "PreprocessWorker"])
+def test_killed_component_is_restarted(tmp_path, marker):
+    run_id = f"chaos-{marker.lower()}"
+    steps = 18
+    proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
+                       f"run.output_dir={tmp_path}")  # fmt: skip
+    _wait_for(log, r"step 3/", proc)
+    _kill_component(marker)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    text = log.read_text()
+    assert "restarted and back in the run" in text
+    summary = _check_exactly_once(tmp_path / run_id, steps, 2)
+    if marker == "RolloutActor":
+        incarnations = {
+            gid.rsplit("-", 1)[0] for gid in summary["trained_group_ids"] if gid.startswith("actor")
+        }
+        assert len(incarnations) >= 3, "the restarted actor's groups (a new incarnation) were not trained"
+
+
+def test_killed_learner_resumes_exactly(tmp_path):
+    run_id = "chaos-learner"
+    steps = 12
+    proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
+                       f"run.output_dir={tmp_path}")  # fmt: skip
+    _wait_for(log, r"step 5/", proc)
+    _kill_component("Learner")
+    assert proc.wait(timeout=300) != 0
+    assert "learner" in log.read_text().lower()
+    run_dir = tmp_path / run_id
+    resumed, log2 = _train(tmp_path, run_id, "--resume", str(run_dir))
+    assert resumed.wait(timeout=600) == 0, log2.read_text()[-5000:]
+    assert re.search(r"resumed from the checkpoint of step [2-6]", log2.read_text())
+    _check_exactly_once(run_dir, steps, 2)
