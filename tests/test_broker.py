@@ -159,3 +159,39 @@ def test_poison_entry_dead_lettered_after_max_deliveries(redis_client, run_id):
     assert "delivered 2 times without being acknowledged" in letter.reason
     assert decode(letter.payload).group_id == "actor0-poison"  # the entry itself is kept, inspectable
     assert stream_health(redis_client, run_id, "rollouts").pending == 0
+
+
+def test_acknowledged_state_survives_a_redis_restart(tmp_path):
+    """Persistence on: stream entries, the group's position and its pending list survive a restart
+    of redis-server; a client reconnects by itself (bounded retries) once the server is back, and
+    fails loudly when it does not come back."""
+    import redis as redis_lib
+
+    from broker.embedded import EmbeddedRedis
+    from broker.streams import connect, ensure_groups
+
+    server = EmbeddedRedis(tmp_path / "redis", persistence=True).start()
+    client = connect(server.url, socket_timeout_s=5)
+    rid = "persist"
+    ensure_groups(client, rid)
+    producer = Producer(client, rid, "rollouts", None, 100_000)
+    for i in range(5):
+        producer.put(make_group(f"actor0-{i}"))
+    consumer = Consumer(client, rid, "rollouts", "w0")
+    entries = consumer.read(count=3, block_ms=100)
+    consumer.ack([entries[0].entry_id])  # 1 acknowledged, 2 pending, 2 never delivered
+    client.execute_command("BGREWRITEAOF")
+    time.sleep(1.5)  # appendfsync everysec
+    server.stop()
+    with pytest.raises(redis_lib.ConnectionError):  # bounded retries, then a loud failure
+        client.ping()
+    restarted = EmbeddedRedis(tmp_path / "redis", persistence=True)
+    restarted.port, restarted.password = server.port, server.password  # same address, same secret
+    restarted.start()
+    try:
+        health = stream_health(client, rid, "rollouts")  # the old client reconnects by itself
+        assert (health.length, health.pending, health.lag) == (5, 2, 2)
+        again = Consumer(client, rid, "rollouts", "w0").read_own_pending(10)
+        assert [e.message.group_id for e in again] == ["actor0-1", "actor0-2"]
+    finally:
+        restarted.stop()
