@@ -80,6 +80,7 @@ def check_run(summary: dict, run_dir: Path) -> list[dict]:
     assert sorted(trained_in_metrics) == summary["trained_group_ids"]
     # the actors' engines decode with the learner's final weights
     assert max(summary["weight_sync_max_abs_logprob_diff"]) < 0.05
+    assert max(summary["weight_sync_initial_max_abs_logprob_diff"]) < 0.05
     # the final checkpoint is a Hugging Face folder holding the last weights
     import torch
     from transformers import AutoModelForCausalLM
