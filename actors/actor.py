@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.engine import SamplingSettings, make_engine
-from broker.schemas import PackedArray, Progress, Rollout, RolloutGroup
-from broker.streams import ControlChannel, Producer, connect
+from broker.schemas import PackedArray, Rollout, RolloutGroup
+from broker.streams import ControlChannel, Producer, ProgressReporter, connect
 from pope.config import PopeConfig
 from pope.problems import run_problems
 from pope.prompts import render_prompt, sample_prompts
@@ -78,8 +78,9 @@ class RolloutActor:
         if redis_url is None:
             return
         self.client = connect(redis_url, config.broker.socket_timeout_s)
-        self.control = ControlChannel(self.client, self.run_id)
-        self._last_progress = 0.0
+        self.progress = ProgressReporter(
+            ControlChannel(self.client, self.run_id), self.actor_id, config.metrics.progress_interval_s
+        )
         self.producer = Producer(
             self.client,
             self.run_id,
@@ -237,16 +238,14 @@ class RolloutActor:
         return self.stats
 
     def _report_progress(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_progress < self.config.metrics.progress_interval_s:
-            return
-        self._last_progress = now
-        values = {
-            "groups": float(self.stats.groups_produced),
-            "tokens": float(self.stats.completion_tokens),
-            "policy_version": float(self.version),
-        }
-        self.control.publish(Progress(component=self.actor_id, values=values))
+        self.progress.report(
+            lambda: {
+                "groups": float(self.stats.groups_produced),
+                "tokens": float(self.stats.completion_tokens),
+                "policy_version": float(self.version),
+            },
+            force,
+        )
 
     def _idle_tick(self) -> bool:
         """While waiting on backpressure, keep serving weight updates (the learner may be waiting on

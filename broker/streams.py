@@ -295,3 +295,21 @@ def unacked_ids(client: redis.Redis, run_id: str, stream: str) -> set[str]:
     ids = {_s(e["message_id"]) for e in client.xpending_range(key, group, "-", "+", count=1_000_000)}
     ids |= {_s(raw_id) for raw_id, _ in client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+")}
     return ids
+
+
+class ProgressReporter:
+    """A component's heartbeat and counters on the control stream, at most every ``interval_s``."""
+
+    def __init__(self, control: ControlChannel, component: str, interval_s: float):
+        self.control = control
+        self.component = component
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def report(self, values: Callable[[], dict[str, float]], force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.interval_s:
+            self._last = now
+            from broker.schemas import Progress
+
+            self.control.publish(Progress(component=self.component, values=values()))

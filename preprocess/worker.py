@@ -13,8 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from broker.schemas import Progress, RolloutGroup, ScoredGroup, encode
-from broker.streams import Consumer, ControlChannel, Producer, connect
+from broker.schemas import RolloutGroup, ScoredGroup, encode
+from broker.streams import Consumer, ControlChannel, Producer, ProgressReporter, connect
 from preprocess.advantages import group_advantages
 from preprocess.scoring import Verifier
 
@@ -53,8 +53,9 @@ class PreprocessWorker:
             maxlen=config.broker.emergency_maxlen,
             count_pending=False,  # the learner holds trained entries pending until its next checkpoint
         )
-        self.control = ControlChannel(self.client, self.run_id)
-        self._last_progress = 0.0
+        self.progress = ProgressReporter(
+            ControlChannel(self.client, self.run_id), self.worker_id, config.metrics.progress_interval_s
+        )
         self.verifier = Verifier(config.preprocess.verify_timeout_s)
         self.stats = PreprocessStats()
         self._stop = threading.Event()
@@ -121,15 +122,13 @@ class PreprocessWorker:
         return self.stats
 
     def _report_progress(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_progress < self.config.metrics.progress_interval_s:
-            return
-        self._last_progress = now
-        values = {
-            "groups": float(self.stats.groups_scored),
-            **{k: float(v) for k, v in self.stats.verdicts.items()},
-        }
-        self.control.publish(Progress(component=self.worker_id, values=values))
+        self.progress.report(
+            lambda: {
+                "groups": float(self.stats.groups_scored),
+                **{k: float(v) for k, v in self.stats.verdicts.items()},
+            },
+            force,
+        )
 
     def stop(self) -> None:
         self._stop.set()
