@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# bench: every benchmark in bench/ at full size (about 15 min on 2 cores), numbers into bench/results.json;
+# bench: every benchmark in bench/ at full size (8 to 15 min on a busy 2-core machine), into bench/results.json;
 # TRL (the peer of bench/trl_peer.py) comes from the `bench` extra
 bench: install
 	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"

@@ -20,6 +20,7 @@ class HFEngine:
         self.seed = seed
         self.group = None
         self._store = None
+        self._buffers: dict = {}  # broadcast buckets, reused
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Sample]]:
@@ -62,7 +63,7 @@ class HFEngine:
     @torch.no_grad()
     def receive_weights(self, metas: list[TensorMeta], timeout_s: float) -> float:
         received = []
-        for name, tensor in broadcast_tensors(self.group, metas, None, timeout_s):
+        for name, tensor in broadcast_tensors(self.group, metas, None, timeout_s, buffers=self._buffers):
             if name not in self.params:
                 raise KeyError(f"broadcast tensor {name!r} is not a parameter of the HF engine's model")
             self.params[name].copy_(tensor)

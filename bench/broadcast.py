@@ -29,7 +29,7 @@ TENSOR_SHAPE = (1024, 1024)  # 4 MiB in fp32
 WAYS = ("pope", "raw", "raw_fresh")
 
 
-def _one_rep(group, metas, tensors, flat, rank: int) -> dict[str, float]:
+def _one_rep(group, metas, tensors, flat, rank: int, buffers: dict) -> dict[str, float]:
     """One broadcast each way, each followed by the receiver's ack; seconds per way."""
     from pope.weight_sync import broadcast_tensors
 
@@ -38,7 +38,9 @@ def _one_rep(group, metas, tensors, flat, rank: int) -> dict[str, float]:
     for way in WAYS:
         t0 = time.perf_counter()
         if way == "pope":
-            for _name, _view in broadcast_tensors(group, metas, tensors if rank == 0 else None, TIMEOUT_S):
+            for _name, _view in broadcast_tensors(
+                group, metas, tensors if rank == 0 else None, TIMEOUT_S, buffers=buffers
+            ):
                 pass
         elif way == "raw":
             group.broadcast(flat, 0).wait()
@@ -59,8 +61,9 @@ def _receiver(port: int, conn) -> None:
         wire, reps = request
         metas = [TensorMeta(name, tuple(shape), dtype) for name, shape, dtype in wire]
         flat = torch.empty(sum(m.numel for m in metas), dtype=torch.float32)
+        buffers: dict = {}  # pope's bucket buffers, reused across reps as the learner and actors do
         for _ in range(reps + 1):  # +1: the warm-up rep
-            _one_rep(group, metas, None, flat, rank=1)
+            _one_rep(group, metas, None, flat, 1, buffers)
         conn.send("done")
 
 
@@ -99,7 +102,8 @@ def run(quick: bool = False) -> dict:
             reps = 3 if quick else (20 if nbytes < 16 << 20 else 10)
             flat = torch.cat([t.reshape(-1) for t in tensors])
             parent.send(([(m.name, list(m.shape), m.dtype) for m in metas], reps))
-            samples = [_one_rep(group, metas, tensors, flat, rank=0) for _ in range(reps + 1)][1:]
+            buffers: dict = {}
+            samples = [_one_rep(group, metas, tensors, flat, 0, buffers) for _ in range(reps + 1)][1:]
             assert parent.recv() == "done"
             mib = nbytes / 2**20
             entry = {"mib": mib, "num_tensors": len(tensors), "reps": reps}

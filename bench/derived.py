@@ -10,6 +10,11 @@
     broadcast_vs_raw      broadcast.broadcast_vs_raw (pope / raw seconds, largest set)        target <= 1.5
     scoring_vs_raw        scoring.scoring_vs_raw (verifier rate / in-process rate, 1 core)    target >= 0.9
 
+Under ``derived``: ``ratio_vs_trl_tokens`` (trained completion tokens/s: completion lengths
+differ between the runs), ``ratio_vs_trl_steady`` and ``async_gain_steady`` (pipeline steps 2..N),
+``pipeline_efficiency_vs_sync_stages`` (the bound measured in place instead: the sync run's
+generate_s + train_s, scaled to the pipeline's steps, over train_loop_s).
+
 HOPS = 2: every group crosses the broker twice (rollouts stream: actor -> preprocess; train
 stream: preprocess -> learner), each hop a put, a read and an ack. The 64-token size is the one
 closest to the pipeline's completions (at most 48 tokens). A number whose inputs are missing from
@@ -77,6 +82,10 @@ def derive(results: dict) -> dict:
         "scoring_vs_raw": _get(results, "scoring", "scoring_vs_raw"),
     }
     out["derived"] = {
+        "ratio_vs_trl_tokens": _ratio(pipe.get("tokens_per_s"), _get(results, "trl", "tokens_per_s")),
+        "ratio_vs_trl_steady": _ratio(
+            pipe.get("steady_completions_per_s"), _get(results, "trl", "completions_per_s")
+        ),
         "compute_bound": bound,
         "pipeline_efficiency_vs_sync_stages": _ratio(sync_bound, pipe.get("train_loop_s")),
         "sync_generate_plus_train_s_scaled": sync_bound,

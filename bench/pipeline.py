@@ -12,8 +12,9 @@ DeepSpeed-CPU learner and the gloo weight broadcast, for a fixed number of learn
 completion tokens (``tokens_trained`` summed over the steps of metrics.jsonl) per second of the
 same loop. ``steady_completions_per_s`` leaves the first step out (start of the loop to the end of
 step 1: the buffer fills, the engines warm up): steps 2..N over the time between the ends of
-step 1 and step N. ``wall_s`` is the launcher's split; ``step_median`` has per-step medians from
-metrics.jsonl.
+step 1 and step N. ``launcher_wall_s`` is the launcher's ``wall_s`` split (its own key:
+results.json's ``wall_s`` is the benchmark's); ``step_median`` has per-step medians from
+metrics.jsonl, ``first_step`` the same times of step 1.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def _worker(out: str, steps: int, config_path: str) -> None:
         "generated_completions_per_s": summary["completions_per_s"],
         "generated_tokens_per_s": summary["tokens_per_s"],
         "policy_lag_mean": sum(m["policy_lag_mean"] for m in lines) / len(lines),
-        "reward_mean": summary["reward_mean"], "wall_s": wall,
+        "reward_mean": summary["reward_mean"], "launcher_wall_s": wall,
         "step_median": {key: median([m[key] for m in lines]) for key in STEP_KEYS},
+        "first_step": {key: lines[0][key] for key in STEP_KEYS},
     })  # fmt: skip
 
 

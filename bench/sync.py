@@ -48,10 +48,12 @@ def _broadcast(trainer, pool: ThreadPoolExecutor, group, engine, timeout_s: floa
             pass
         return float(sum(t.double().sum().item() for _, t in named))
 
+    def report_failure(future) -> None:  # a failed send leaves the engine waiting for timeout_s: say why now
+        if future.exception() is not None:
+            print(f"rank 0 failed to send: {future.exception()!r}", flush=True)
+
     future = pool.submit(send)
-    future.add_done_callback(
-        lambda f: f.exception() and print(f"rank 0 failed: {f.exception()!r}", flush=True)
-    )
+    future.add_done_callback(report_failure)
     received = engine.receive_weights(metas, timeout_s)
     sent = future.result(timeout=timeout_s)
     if not math.isclose(received, sent, rel_tol=1e-9, abs_tol=1e-6):
@@ -84,11 +86,11 @@ def _worker(out: str, steps: int, threads: int) -> None:
     verifier = Verifier(pcfg.verify_timeout_s)
     prompts = sample_prompts(run_problems(config.data, config.run.seed), config.data, config.run.seed, 0, 1)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank0")  # the group lives on one thread
-    port, timeout_s = free_port(), lcfg.broadcast_timeout_s
+    port, timeout_s = free_port(), min(lcfg.broadcast_timeout_s, 120.0)
     group_future = pool.submit(make_group, "127.0.0.1", port, 0, 2, timeout_s)
     engine.init_weight_group("127.0.0.1", port, 1, 2, timeout_s)
-    group, _store = group_future.result(timeout=timeout_s)  # the store must outlive the group
-    _broadcast(trainer, pool, group, engine, timeout_s)  # the engine starts from the trainer's weights
+    weight_group, _store = group_future.result(timeout=timeout_s)  # the store must outlive the group
+    _broadcast(trainer, pool, weight_group, engine, timeout_s)  # the engine starts from the trainer's weights
     start_s = time.perf_counter() - t_start
 
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}
@@ -135,7 +137,7 @@ def _worker(out: str, steps: int, threads: int) -> None:
         trainer.train_step(scored)
         trainer.version += 1
         t3 = time.perf_counter()
-        _broadcast(trainer, pool, group, engine, timeout_s)
+        _broadcast(trainer, pool, weight_group, engine, timeout_s)
         t4 = time.perf_counter()
         for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             times[stage].append(seconds)
@@ -153,6 +155,7 @@ def _worker(out: str, steps: int, threads: int) -> None:
         "steady_completions_per_s": completions * (steps - 1) / steps / (step_ends[-1] - step_ends[0]),
         "stage_total_s": {stage: sum(values) for stage, values in times.items()},
         "stage_median_s": {stage: median(values) for stage, values in times.items()},
+        "first_step_s": {stage: values[0] for stage, values in times.items()},
         "stage_share": {stage: sum(values) / loop_s for stage, values in times.items()},
     })  # fmt: skip
 

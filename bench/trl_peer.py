@@ -125,7 +125,7 @@ def _worker(out: str, warmup_steps: int, steps: int) -> None:
 def run(quick: bool = False) -> dict:
     from bench.common import run_worker
 
-    warmup, steps = (1, 2) if quick else (2, 10)
+    warmup, steps = (1, 2) if quick else (2, 16)
     return run_worker("bench.trl_peer", [str(warmup), str(steps)], timeout_s=1200)
 
 

@@ -61,6 +61,7 @@ class Learner:
         self.group = None
         self._store = None
         self._regroup_requests: queue.Queue = queue.Queue()
+        self._buffers: dict = {}  # broadcast buckets, reused between broadcasts
         self._running = False
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.trained_group_ids: list[str] = []
@@ -138,7 +139,7 @@ class Learner:
         metas = self.policy.weight_metas()
         timeout = self.cfg.broadcast_timeout_s
         refs = [h.update_weights.remote(self.version, metas, timeout) for h in self.actor_handles]
-        for _ in broadcast_tensors(self.group, metas, [t for _, t in named], timeout):
+        for _ in broadcast_tensors(self.group, metas, [t for _, t in named], timeout, buffers=self._buffers):
             pass
         try:
             received = ray.get(refs, timeout=timeout)

@@ -75,19 +75,30 @@ def broadcast_tensors(
     timeout_s: float,
     bucket_bytes: int = 256 << 20,
     device: str = "cpu",
+    buffers: dict | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Send (rank 0, ``tensors`` given) or receive (``tensors`` None) every tensor of ``metas``.
 
-    Yields (name, tensor) in order as buckets arrive, so a receiver can load without holding a
-    second full copy of the model.
+    Yields (name, tensor) in order as buckets arrive; the yielded tensors are views of the bucket's
+    buffer, valid until the next broadcast: copy them (loading weights does). ``buffers``, a dict
+    the caller keeps between broadcasts, makes every broadcast reuse the same bucket buffers:
+    allocating and faulting in fresh pages for each one cost several times the transfer itself
+    (BENCHMARKS.md), at the price of holding one copy of the weights per side.
     """
     timeout = timedelta(seconds=timeout_s)
-    for bucket in _buckets(metas, bucket_bytes):
+    for index, bucket in enumerate(_buckets(metas, bucket_bytes)):
         dtype = _DTYPES[metas[bucket[0]].dtype]
+        numel = sum(metas[i].numel for i in bucket)
+        key = (index, dtype, numel, device)
+        flat = buffers.get(key) if buffers is not None else None
+        if flat is None:
+            flat = torch.empty(numel, dtype=dtype, device=device)
+            if buffers is not None:
+                buffers[key] = flat
         if tensors is not None:
-            flat = torch.cat([tensors[i].detach().reshape(-1).to(device=device, dtype=dtype) for i in bucket])
-        else:
-            flat = torch.empty(sum(metas[i].numel for i in bucket), dtype=dtype, device=device)
+            torch.cat(
+                [tensors[i].detach().reshape(-1).to(device=device, dtype=dtype) for i in bucket], out=flat
+            )
         group.broadcast(flat, 0, timeout).wait()
         offset = 0
         for i in bucket:
