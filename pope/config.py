@@ -175,7 +175,7 @@ class BrokerConfig(Section):
         "loopback with a generated password.",
     )
     max_groups_in_flight: int = Field(
-        16,
+        8,
         ge=1,
         description="Backpressure bound: producers wait while a stream's consumer-group lag plus pending "
         "entries reaches this many groups.",

@@ -260,7 +260,9 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
             if isinstance(message, Progress):
                 heard[message.component] = time.monotonic()
             elif isinstance(message, StepReport):
-                lag = sum(stream_health(client, run_id, s).in_flight for s in ("rollouts", "train"))
+                # groups waiting: unscored (rollouts lag + pending) and scored but not yet trained (train lag);
+                # trained entries pending until the next checkpoint are not waiting
+                lag = stream_health(client, run_id, "rollouts").in_flight + stream_health(client, run_id, "train").lag
                 printer(_progress(message, steps, t_loop, lag))
             elif isinstance(message, ScaleRequest):
                 printer(
