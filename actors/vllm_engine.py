@@ -20,16 +20,13 @@ class WeightReceiver:
         self, host: str, port: int, rank: int, world_size: int, timeout_s: float
     ) -> None:
         self._pope_group, self._pope_store = make_group(host, port, rank, world_size, timeout_s)
-        self._pope_buffers: dict = {}  # broadcast buckets, reused between broadcasts
 
     def pope_receive_weights(self, metas: list[tuple], timeout_s: float) -> float:
         metas = [TensorMeta(name, tuple(shape), dtype) for name, shape, dtype in metas]
         device = str(self.device) if hasattr(self, "device") else "cpu"
-        received = list(
-            broadcast_tensors(
-                self._pope_group, metas, None, timeout_s, device=device, buffers=self._pope_buffers
-            )
-        )
+        # fresh buffers every time (no reuse): vLLM's in-place reload may keep loaded tensors as
+        # parameter storage, and a reused buffer would then alias the next broadcast's data
+        received = list(broadcast_tensors(self._pope_group, metas, None, timeout_s, device=device))
         self.model_runner.reload_weights(weights_iterator=iter(received), is_checkpoint_format=True)
         self._pope_retie_lm_head()
         return checksum(received)
