@@ -39,7 +39,6 @@ import json
 import os
 import random
 import re
-import shutil
 from pathlib import Path
 
 from pope.problems import Problem
@@ -277,7 +276,8 @@ def pretrain(model, tokenizer, spec: dict, seed: int, log=None) -> list[float]:
 def build_testbed_model(out_dir: Path, spec: dict | None = None, seed: int = 0, log=None) -> Path:
     """Build the base model folder at ``out_dir`` (kept if another process built it first)."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from pope.tiny_model import new_qwen2, save_model_folder
 
     spec = dict(spec or TESTBED_SPEC)
     threads = torch.get_num_threads()
@@ -285,43 +285,11 @@ def build_testbed_model(out_dir: Path, spec: dict | None = None, seed: int = 0, 
     try:
         tokenizer = _tokenizer(seed)
         torch.manual_seed(seed)
-        config = Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=spec["hidden_size"],
-            intermediate_size=spec["intermediate_size"],
-            num_hidden_layers=spec["num_hidden_layers"],
-            num_attention_heads=spec["num_attention_heads"],
-            num_key_value_heads=spec["num_key_value_heads"],
-            head_dim=spec["head_dim"],
-            max_position_embeddings=spec["max_position_embeddings"],
-            tie_word_embeddings=True,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=None,
-            torch_dtype="float32",
-        )
-        model = Qwen2ForCausalLM(config)
+        model = new_qwen2(spec, tokenizer)
         losses = pretrain(model, tokenizer, spec, seed, log)
     finally:
         torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
-    )
-    (tmp / "pope_spec.json").write_text(
-        json.dumps({**spec, "seed": seed, "final_loss": losses[-1]}, indent=2)
-    )
-    try:
-        os.rename(tmp, out_dir)  # atomic: a concurrent reader sees no folder or the whole folder
-    except OSError:
-        if not (out_dir / "config.json").is_file():
-            raise
-        shutil.rmtree(tmp)
+    out_dir = save_model_folder(model, tokenizer, {**spec, "seed": seed, "final_loss": losses[-1]}, out_dir)
     return out_dir
 
 

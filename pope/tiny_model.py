@@ -102,31 +102,29 @@ def spec_hash(seed: int) -> str:
     return hashlib.sha256(json.dumps({**TINY_SPEC, "seed": seed}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """Build the model folder at ``out_dir`` (kept if another process built it first)."""
-    import torch
+def new_qwen2(spec: dict, tokenizer):
+    """A freshly initialised Qwen2 model of ``spec``'s sizes (tied embeddings, float32)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    corpus = _corpus(seed)
-    tokenizer = build_tokenizer([f"{p} {s}" for p, s, _ in corpus] + [CHAT_TEMPLATE])
-    torch.manual_seed(seed)
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "max_position_embeddings")  # fmt: skip
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=TINY_SPEC["hidden_size"],
-        intermediate_size=TINY_SPEC["intermediate_size"],
-        num_hidden_layers=TINY_SPEC["num_hidden_layers"],
-        num_attention_heads=TINY_SPEC["num_attention_heads"],
-        num_key_value_heads=TINY_SPEC["num_key_value_heads"],
-        head_dim=TINY_SPEC["head_dim"],
-        max_position_embeddings=TINY_SPEC["max_position_embeddings"],
+        **{key: spec[key] for key in keys},
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
         torch_dtype="float32",
     )
-    model = Qwen2ForCausalLM(config)
-    _warmup(model, tokenizer, corpus, seed)
+    return Qwen2ForCausalLM(config)
+
+
+def save_model_folder(model, tokenizer, spec: dict, out_dir: Path) -> Path:
+    """Write a Hugging Face folder atomically: a concurrent reader sees no folder or the whole one;
+    when another process built the same spec first, its folder is kept."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -134,13 +132,26 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     (tmp / "generation_config.json").write_text(
         json.dumps({"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
     )
-    (tmp / "pope_spec.json").write_text(json.dumps({**TINY_SPEC, "seed": seed}, indent=2))
+    (tmp / "pope_spec.json").write_text(json.dumps(spec, indent=2))
     try:
-        os.rename(tmp, out_dir)  # atomic: a concurrent reader sees no folder or the whole folder
+        os.rename(tmp, out_dir)
     except OSError:
         if not (out_dir / "config.json").is_file():
             raise
-        shutil.rmtree(tmp)  # another process built the same spec first: keep its folder
+        shutil.rmtree(tmp)
+    return out_dir
+
+
+def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+    """Build the model folder at ``out_dir`` (kept if another process built it first)."""
+    import torch
+
+    corpus = _corpus(seed)
+    tokenizer = build_tokenizer([f"{p} {s}" for p, s, _ in corpus] + [CHAT_TEMPLATE])
+    torch.manual_seed(seed)
+    model = new_qwen2(TINY_SPEC, tokenizer)
+    _warmup(model, tokenizer, corpus, seed)
+    save_model_folder(model, tokenizer, {**TINY_SPEC, "seed": seed}, out_dir)
     return out_dir
 
 
