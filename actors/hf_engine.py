@@ -76,7 +76,6 @@ class HFEngine:
             input_ids=torch.tensor([prompt]),
             do_sample=False,
             max_new_tokens=num_tokens,
-            min_new_tokens=num_tokens,
             return_dict_in_generate=True,
             output_logits=True,
             pad_token_id=self.tokenizer.pad_token_id,

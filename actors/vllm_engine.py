@@ -96,13 +96,16 @@ class VLLMEngine:
     def receive_weights(self, metas: list[TensorMeta], timeout_s: float) -> float:
         wire = [(m.name, list(m.shape), m.dtype) for m in metas]
         (received,) = self.llm.collective_rpc("pope_receive_weights", args=(wire, timeout_s))
-        self.llm.reset_prefix_cache()
+        # KV blocks cached under the old weights must not serve new requests
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update (blocks still in use)")
         return received
 
     def greedy_logprobs(self, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=num_tokens, min_tokens=num_tokens, logprobs=0)
+        # no min_tokens: it masks EOS, and the processed logprobs would then be renormalised without it
+        params = SamplingParams(temperature=0.0, max_tokens=num_tokens, logprobs=0)
         (request,) = self.llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
         completion = request.outputs[0]
         ids = list(completion.token_ids)

@@ -79,8 +79,9 @@ def check_run(summary: dict, run_dir: Path) -> list[dict]:
     trained_in_metrics = [g["group_id"] for m in lines for g in m["groups"]]
     assert sorted(trained_in_metrics) == summary["trained_group_ids"]
     # the actors' engines decode with the learner's final weights
-    assert max(summary["weight_sync_max_abs_logprob_diff"]) < 0.05
-    assert max(summary["weight_sync_initial_max_abs_logprob_diff"]) < 0.05
+    # fp32 on both sides: about 1e-6 here; a stale weight after one step moves logprobs by far more
+    assert max(summary["weight_sync_max_abs_logprob_diff"]) < 1e-3
+    assert max(summary["weight_sync_initial_max_abs_logprob_diff"]) < 1e-3
     # the final checkpoint is a Hugging Face folder holding the last weights
     import torch
     from transformers import AutoModelForCausalLM
