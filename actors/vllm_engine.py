@@ -98,7 +98,9 @@ class VLLMEngine:
         (received,) = self.llm.collective_rpc("pope_receive_weights", args=(wire, timeout_s))
         # KV blocks cached under the old weights must not serve new requests
         if not self.llm.reset_prefix_cache():
-            raise RuntimeError("vLLM could not reset its prefix cache after a weight update (blocks still in use)")
+            raise RuntimeError(
+                "vLLM could not reset its prefix cache after a weight update (blocks still in use)"
+            )
         return received
 
     def greedy_logprobs(self, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float]]:

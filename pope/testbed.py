@@ -237,6 +237,22 @@ def spec_hash(spec: dict, seed: int) -> str:
     return hashlib.sha256(json.dumps({**spec, "seed": seed}, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def collate(docs: list[tuple[list[int], list[int]]], pad_id: int):
+    """(prompt ids, target ids) pairs -> right-padded (input_ids, attention_mask, labels); the labels
+    are -100 outside the targets, so the loss is on the target tokens only."""
+    import torch
+
+    width = max(len(p) + len(t) for p, t in docs)
+    ids = torch.full((len(docs), width), pad_id)
+    labels = torch.full((len(docs), width), -100)
+    mask = torch.zeros((len(docs), width), dtype=torch.long)
+    for row, (prompt, target) in enumerate(docs):
+        ids[row, : len(prompt) + len(target)] = torch.tensor(prompt + target)
+        labels[row, len(prompt) : len(prompt) + len(target)] = torch.tensor(target)
+        mask[row, : len(prompt) + len(target)] = 1
+    return ids, mask, labels
+
+
 def pretrain(model, tokenizer, spec: dict, seed: int, log=None) -> list[float]:
     """AdamW on target tokens, linear warm-up then linear decay; returns the loss per step."""
     import torch
@@ -247,19 +263,11 @@ def pretrain(model, tokenizer, spec: dict, seed: int, log=None) -> list[float]:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1.0 - s / steps)
     )
-    pad = tokenizer.pad_token_id
     losses = []
     model.train()
     for index in range(steps):
         docs = [_documents(rng, tokenizer, spec) for _ in range(spec["batch_size"])]
-        width = max(len(p) + len(t) for p, t in docs)
-        ids = torch.full((len(docs), width), pad)
-        labels = torch.full((len(docs), width), -100)
-        mask = torch.zeros((len(docs), width), dtype=torch.long)
-        for row, (prompt, target) in enumerate(docs):
-            ids[row, : len(prompt) + len(target)] = torch.tensor(prompt + target)
-            labels[row, len(prompt) : len(prompt) + len(target)] = torch.tensor(target)
-            mask[row, : len(prompt) + len(target)] = 1
+        ids, mask, labels = collate(docs, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()

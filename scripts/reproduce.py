@@ -31,6 +31,7 @@ for _key, _value in (
 ):
     os.environ.setdefault(_key, _value)
 
+LONG_STEPS = 120  # the investigation's long POPE run (one seed)
 EXPERIMENTS = {  # name -> what it is (configs/testbed/<name>.yaml)
     "grpo_hard": "GRPO, hard only",
     "grpo_hard_easy": "GRPO, hard + easy",
@@ -40,12 +41,13 @@ EXPERIMENTS = {  # name -> what it is (configs/testbed/<name>.yaml)
     "sft_rl": "SFT on guided traces, then GRPO",
     "pope": "POPE (guided 1:1)",
     "pope_easy": "POPE + easy",
+    "pope_long": f"POPE, {LONG_STEPS} steps, seed 0 (investigation)",  # configs/testbed/pope.yaml
 }
 UNGUIDED_COPY = "~u"  # id suffix of the unguided copies in the pope_easy source file
 FILTER_K = 16
 PREFIX_N = 8
 EVAL_N = 8
-DIAG_N = 2
+DIAG_N = 4
 
 
 def log(message: str) -> None:
@@ -126,6 +128,8 @@ def sft(base: Path, traces: list[tuple[str, str]], out_dir: Path, seed: int, epo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pope.testbed import collate
+
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -142,14 +146,7 @@ def sft(base: Path, traces: list[tuple[str, str]], out_dir: Path, seed: int, epo
     model.train()
     for _ in range(max(1, epochs * len(docs) // batch_size)):
         batch = rng.sample(docs, min(batch_size, len(docs)))
-        width = max(len(p) + len(t) for p, t in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (p, t) in enumerate(batch):
-            ids[row, : len(p) + len(t)] = torch.tensor(p + t)
-            labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
-            mask[row, : len(p) + len(t)] = 1
+        ids, mask, labels = collate(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
@@ -214,7 +211,7 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
     ):
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, runs in results.items():
-            series = [r["curves"][key] for r in runs if r.get("curves")]
+            series = [r["curves"][key] for r in runs if r.get("curves") and not name.endswith("_long")]
             if not series or all(all(v != v for v in s) for s in series):
                 continue
             length = min(len(s) for s in series)
@@ -225,6 +222,8 @@ def plot(results: dict, out_dir: Path) -> list[Path]:
             if len(series) > 1:
                 ax.fill_between(steps, np.nanmin(data, axis=0), np.nanmax(data, axis=0), alpha=0.15)
         ax.set_xlabel("learner step")
+        if key == "entropy":  # one method's entropy explodes; keep the others readable
+            ax.set_yscale("symlog", linthresh=0.1)
         ax.set_title(title + " (mean over seeds, band = min..max)")
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -367,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [0] if args.quick else list(range(args.seeds))
     steps = args.steps or (3 if args.quick else None)
     names = [n for n in args.only.split(",") if n != "none"] if args.only else list(EXPERIMENTS)
+    names = [n for n in names if not (args.quick and n == "pope_long")]
     out = Path(args.out)
     data_dir = out / "data"
     num_easy, num_hard = (16, 8) if args.quick else (64, 32)
@@ -414,14 +414,15 @@ def main(argv: list[str] | None = None) -> int:
             for p in hard:
                 hist[p.prefix_units] = hist.get(p.prefix_units, 0) + 1
             base["prefix_hist"] = dict(sorted(hist.items()))
-            base["diag"] = diagnose(
-                pool, hard, easy[:16], eval_config, out / "base_eval_hard", EVAL_N, DIAG_N
-            )
             if not args.quick:
                 base["hard_pass64"] = method.evaluate(
                     pool, {"hard": hard}, eval_config, 64, [64], out / "base_eval64"
                 )["hard"]["pass_at_k"]["64"]
             traces = guided_traces(pool, hard, eval_config, seeds, 8) if "sft_rl" in names else {}
+        with GenerationPool(eval_config, str(model)) as pool:  # a fresh pool: the checkpoints' samples
+            base["diag"] = diagnose(
+                pool, hard, easy[:16], eval_config, out / "base_eval_hard", EVAL_N, DIAG_N
+            )
         state["base"] = base
         log(f"base model: {json.dumps(base)[:600]}")
         write_pope_easy_source(data_dir / "hard.prefixes.jsonl", data_dir / "hard.pope_easy.jsonl")
@@ -440,10 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[dict]] = {name: [] for name in names}
         t_train = t_eval = 0.0
         for name in names:
-            for seed in seeds:
+            for seed in seeds[:1] if name == "pope_long" else seeds:
                 start = sft_models.get(seed, model) if name == "sft_rl" else start_models[seed]
                 run_id = f"{name}-s{seed}"
-                config = config_for(name, seed, start, (f"run.run_id={run_id}",))
+                extra = (f"learner.steps={LONG_STEPS}",) if name == "pope_long" else ()
+                config = config_for(name.removesuffix("_long"), seed, start, (f"run.run_id={run_id}", *extra))
                 record: dict = {"seed": seed, "run_id": run_id}
                 results[name].append(record)
                 t = time.monotonic()
