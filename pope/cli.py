@@ -85,12 +85,15 @@ def _scale(args) -> int:
 
 
 def _load_inputs(config, paths: list[str]):
-    from pope.datasets import FieldMap, load_file
+    from pope.datasets import FieldMap, load_source
 
     data = config.data
     fields = FieldMap(data.problem_field, data.answer_field, data.solution_field, data.id_field)
     return {
-        Path(p).stem: load_file(Path(p), fields, max_bad_fraction=data.max_bad_fraction)[0] for p in paths
+        (
+            p.removeprefix("hf:").replace("/", "_").replace(":", "_") if p.startswith("hf:") else Path(p).stem
+        ): (load_source(p, fields, data.max_bad_fraction)[0])
+        for p in paths
     }
 
 
@@ -171,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", help="YAML config file (model, engine, pool size, max_new_tokens)")
-        cmd.add_argument("--input", nargs="+", required=True, help=".jsonl/.parquet problem files")
+        cmd.add_argument(
+            "--input",
+            nargs="+",
+            required=True,
+            help=".jsonl/.parquet problem files, or hf:ORG/NAME[:CONFIG][:SPLIT] (online)",
+        )
         cmd.add_argument("--output", required=True, help="output .jsonl (eval: a folder)")
         if name == "filter-hard":
             cmd.add_argument("--k", type=int, default=128, help="samples per problem (the paper: 128)")

@@ -505,6 +505,31 @@ def load_hf(
     return problems, report
 
 
+def parse_hf_source(source: str) -> tuple[str, str | None, str]:
+    """``hf:ORG/NAME``, ``hf:ORG/NAME:SPLIT`` or ``hf:ORG/NAME:CONFIG:SPLIT`` -> (name, config, split)."""
+    parts = source.removeprefix("hf:").split(":")
+    if not source.startswith("hf:") or not parts[0] or len(parts) > 3 or not all(parts):
+        raise ValueError(f"{source!r}: expected hf:ORG/NAME, hf:ORG/NAME:SPLIT or hf:ORG/NAME:CONFIG:SPLIT")
+    if len(parts) == 1:
+        return parts[0], None, "train"
+    if len(parts) == 2:
+        return parts[0], None, parts[1]
+    return parts[0], parts[1], parts[2]
+
+
+def load_source(
+    source: str, fields: FieldMap = FieldMap(), max_bad_fraction: float = 0.1
+) -> tuple[list[Problem], LoadReport]:
+    """A JSONL/Parquet file, or a Hugging Face dataset named ``hf:ORG/NAME[:CONFIG][:SPLIT]`` (online)."""
+    if source.startswith("hf:"):
+        name, config_name, split = parse_hf_source(source)
+        return load_hf(name, split, config_name, fields, max_bad_fraction)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no such file (and not hf:ORG/NAME)")
+    return load_file(path, fields, max_bad_fraction=max_bad_fraction)
+
+
 def format_report(report: LoadReport, max_bad_fraction: float) -> str:
     """One line per bad row (``path:row: field: reason``), then the totals and the verdict."""
     lines = [f"{report.path}:{bad.row}: {bad.field or '(row)'}: {bad.reason}" for bad in report.bad_rows]

@@ -67,7 +67,8 @@ def builtin_arithmetic(num_problems: int, seed: int, min_ops: int = 2, max_ops: 
 def load_problems(
     source: str, num_problems: int, seed: int, fields, max_bad_fraction: float = 0.1
 ) -> list[Problem]:
-    """The run's problems: the built-in set, or a JSONL/Parquet file validated row by row."""
+    """The run's problems: the built-in set, or a JSONL/Parquet file or Hugging Face dataset
+    (``hf:ORG/NAME[:CONFIG][:SPLIT]``) validated row by row."""
     if source == "builtin:arithmetic":
         return builtin_arithmetic(num_problems, seed)
     if source == "builtin:arithmetic-easy":  # one operation: the tiny model's easy set
@@ -81,12 +82,11 @@ def load_problems(
             )
             for p in builtin_arithmetic(num_problems, seed + 1, min_ops=1, max_ops=1)
         ]
-    from pope.datasets import load_file
+    from pope.datasets import load_source
 
-    path = Path(source)
-    if not path.is_file():
-        raise ValueError(f"data.source {source!r}: not 'builtin:arithmetic' and not an existing file")
-    problems, _report = load_file(path, fields, max_bad_fraction=max_bad_fraction)
+    if not source.startswith("hf:") and not Path(source).is_file():
+        raise ValueError(f"data.source {source!r}: not builtin:..., not hf:ORG/NAME and not an existing file")
+    problems, _report = load_source(source, fields, max_bad_fraction)
     return problems
 
 

@@ -385,3 +385,32 @@ def test_unknown_format_and_missing_file(tmp_path):
         validate_file(path)
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         validate_file(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("hf:KbsdJames/Omni-MATH", ("KbsdJames/Omni-MATH", None, "train")),
+        ("hf:KbsdJames/Omni-MATH:test", ("KbsdJames/Omni-MATH", None, "test")),
+        ("hf:org/name:default:validation", ("org/name", "default", "validation")),
+    ],
+)
+def test_hf_source_names(source, expected):
+    from pope.datasets import parse_hf_source
+
+    assert parse_hf_source(source) == expected
+
+
+@pytest.mark.parametrize("source", ["hf:", "hf:org/name:", "hf:a:b:c:d", "org/name"])
+def test_bad_hf_source_names_say_the_form(source):
+    from pope.datasets import parse_hf_source
+
+    with pytest.raises(ValueError, match="expected hf:ORG/NAME"):
+        parse_hf_source(source)
+
+
+def test_a_source_that_is_neither_file_nor_hf_name_is_named(tmp_path):
+    from pope.datasets import load_source
+
+    with pytest.raises(FileNotFoundError, match="missing.jsonl: no such file"):
+        load_source(str(tmp_path / "missing.jsonl"))
