@@ -5,7 +5,7 @@ rollouts per step, 48 new tokens, the POPE prompt mix, group-mean advantages, th
 settings), the same components, no Ray, no Redis. Per step, one after another:
 
     generate  sample_prompts -> render_prompt -> engine.generate (groups_per_step prompts, G each)
-    score     decode, Verifier.score per rollout, group_advantages -> RolloutGroup / ScoredGroup
+    score     decode, Verifier.score_batch per group, group_advantages -> RolloutGroup / ScoredGroup
     train     PolicyTrainer.train_step (DeepSpeed-CPU, DS_ACCELERATOR=cpu)
     broadcast rank 0 of a 2-rank gloo group (pope.weight_sync.make_group), a thread of this
               process, sends iter_weights() with broadcast_tensors while the engine's
@@ -112,7 +112,7 @@ def _worker(out: str, steps: int, threads: int) -> None:
         scored = []
         for g, (spec, ids, group_samples) in enumerate(zip(specs, prompt_ids, samples, strict=True)):
             texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in group_samples]
-            verdicts = [verifier.score(spec.problem.answer, text) for text in texts]
+            verdicts = verifier.score_batch([(spec.problem.answer, text) for text in texts])
             rewards = [reward for reward, _ in verdicts]
             rollouts = [
                 Rollout(completion_ids=PackedArray.of(s.token_ids, "int32"),

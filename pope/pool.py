@@ -65,7 +65,7 @@ class GenerationPool(AbstractContextManager):
         shards = [pairs[i :: len(self.verifiers)] for i in range(len(self.verifiers))]
 
         def run(verifier: Verifier, shard: list[tuple[str, str]]) -> list[float]:
-            return [verifier.score(gold, completion)[0] for gold, completion in shard]
+            return [reward for reward, _ in verifier.score_batch(shard)]
 
         with ThreadPoolExecutor(len(self.verifiers)) as executor:
             results = list(executor.map(run, self.verifiers, shards))

@@ -1,6 +1,6 @@
 """A preprocess worker: rollout groups in, scored groups out.
 
-    rollouts (group "preprocess") ──> math-verify per rollout (killable process, deadline)
+    rollouts (group "preprocess") ──> math-verify, a group per call (killable process, deadline per rollout)
         ──> group advantages ──> train stream (backpressure by the learner's lag) ──> XACK
 
 A rollout entry is acknowledged only after its scored group is written to the train stream, so
@@ -64,11 +64,10 @@ class PreprocessWorker:
 
     def score_group(self, group: RolloutGroup) -> ScoredGroup:
         start = time.monotonic()
-        rewards, verdicts = [], []
-        for rollout in group.rollouts:
-            reward, verdict = self.verifier.score(group.answer, rollout.text)
-            rewards.append(reward)
-            verdicts.append(verdict)
+        scores = self.verifier.score_batch([(group.answer, rollout.text) for rollout in group.rollouts])
+        rewards = [reward for reward, _ in scores]
+        verdicts = [verdict for _, verdict in scores]
+        for verdict in verdicts:
             self.stats.verdicts[verdict] += 1
         cfg = self.config.preprocess
         advantages = group_advantages(rewards, cfg.scale_by_std, estimator=cfg.advantage, k=cfg.passk_k)

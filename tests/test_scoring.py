@@ -58,3 +58,26 @@ def test_real_benchmark_answers_verify_against_themselves(verifier):
         answer = str(row["answer"])
         assert verifier.score(answer, f"Therefore $\\boxed{{{answer}}}$.") == (1.0, "correct"), row["id"]
         assert verifier.score(answer, f"Therefore $\\boxed{{{int(answer) + 1}}}$.")[1] == "wrong", row["id"]
+
+
+def test_batch_matches_single_scores(verifier):
+    pairs = [("6", "$\\boxed{6}$"), ("6", "$\\boxed{7}$"), ("\\frac{1}{2}", "$\\boxed{0.5}$"), ("6", "none")]
+    assert verifier.score_batch(pairs) == [verifier.score(gold, text) for gold, text in pairs]
+    assert verifier.score_batch([]) == []
+
+
+def test_hang_inside_a_batch_is_killed_and_the_rest_scored(verifier):
+    before_timeouts, before_restarts = verifier.stats.timeouts, verifier.stats.restarts
+    pairs = [
+        ("6", "$\\boxed{6}$"),
+        ("5", "$\\boxed{10^{10^{10}}}$"),
+        ("6", "$\\boxed{7}$"),
+        ("2", "$\\boxed{2}$"),
+    ]
+    start = time.monotonic()
+    scores = verifier.score_batch(pairs)
+    elapsed = time.monotonic() - start
+    assert scores == [(1.0, "correct"), (0.0, "timeout"), (0.0, "wrong"), (1.0, "correct")]
+    assert elapsed < verifier.timeout_s + 2.0  # one deadline, not one per remaining item
+    assert verifier.stats.timeouts == before_timeouts + 1
+    assert verifier.stats.restarts == before_restarts + 1
