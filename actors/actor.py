@@ -77,7 +77,7 @@ class RolloutActor:
         self.client = None
         if redis_url is None:
             return
-        self.client = connect(redis_url, config.broker.socket_timeout_s)
+        self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         self.progress = ProgressReporter(
             ControlChannel(self.client, self.run_id), self.actor_id, config.metrics.progress_interval_s
         )

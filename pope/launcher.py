@@ -9,6 +9,11 @@
        └── watches the control stream (progress), fails naming the component that died,
            then stops everything and writes summary.json
 
+The embedded Redis is supervised (restarted on its port from its append-only file when it dies,
+``broker.max_redis_restarts`` times); every client retries for ``broker.reconnect_timeout_s``
+meanwhile. Entries every consumer group acknowledged are trimmed every ``broker.trim_every_s``;
+the accounting reads the group-id ledger, the unacknowledged entries and the learner's result.
+
 This is the only module that calls ``ray.init`` or sets actor options.
 """
 
@@ -25,9 +30,12 @@ from broker.streams import (
     ControlChannel,
     connect,
     ensure_groups,
+    generated_ids,
     read_all,
+    redacted,
     stream_health,
     stream_key,
+    trim_acknowledged,
     unacked_ids,
 )
 from pope.config import PopeConfig, dump_config
@@ -41,6 +49,34 @@ PROBE_TOKENS = 8
 
 class ComponentFailed(RuntimeError):
     """A component of the run died; the message names it."""
+
+
+class _RedisUpkeep:
+    """The launcher's side of Redis: fail naming Redis when its supervisor gave up, and trim what
+    every consumer group acknowledged (``broker.trim_every_s``), counting it."""
+
+    def __init__(self, server: EmbeddedRedis | None, client, run_id: str, trim_every_s: float, url: str):
+        self.server, self.client, self.run_id, self.url = server, client, run_id, url
+        self.trim_every_s = trim_every_s
+        self.trimmed = {"rollouts": 0, "train": 0}
+        self._last_trim = time.monotonic()
+
+    def check(self) -> None:
+        if self.server is not None and self.server.failure:
+            raise ComponentFailed(f"Redis ({redacted(self.url)}) is gone: {self.server.failure}")
+
+    def trim(self, force: bool = False) -> None:
+        if not self.trim_every_s or (not force and time.monotonic() - self._last_trim < self.trim_every_s):
+            return
+        self._last_trim = time.monotonic()
+        for stream in self.trimmed:
+            self.trimmed[stream] += trim_acknowledged(self.client, self.run_id, stream)
+
+    def summary(self) -> dict:
+        return {
+            "redis_restarts": self.server.restarts if self.server is not None else 0,
+            "stream_entries_trimmed": dict(self.trimmed),
+        }
 
 
 def _process_env(config: PopeConfig, threads: int) -> dict[str, str]:
@@ -102,15 +138,18 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
     t_start = time.monotonic()
 
     with ExitStack() as stack:
+        server = None
         if config.broker.redis_url:
-            redis_url = config.broker.redis_url
+            redis_url = config.broker.redis_url  # external: never restarted by pope
         else:
             server = stack.enter_context(
                 EmbeddedRedis(run_dir / "redis", persistence=config.broker.persistence)
             )
+            server.supervise(config.broker.max_redis_restarts, printer)
             redis_url = server.url
-        client = connect(redis_url, config.broker.socket_timeout_s)
+        client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         stack.callback(client.close)
+        upkeep = _RedisUpkeep(server, client, run_id, config.broker.trim_every_s, redis_url)
         ensure_groups(client, run_id)
         control = ControlChannel(client, run_id)
         control.skip_history()
@@ -175,7 +214,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         learner_ref = learner.run.remote(lcfg.steps)
         for m in pools.workers + pools.actors:
             m.loop_ref = m.handle.run.remote()
-        _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer)
+        _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer, upkeep)
         try:
             learner_result = ray.get(learner_ref)
         except Exception as exc:
@@ -197,9 +236,12 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         if lcfg.save_checkpoint:
             checkpoint = ray.get(learner.save_hf.remote(str(run_dir / "checkpoint")))
 
+        upkeep.check()
+        upkeep.trim(force=True)  # the accounting below must not need an acknowledged entry
         summary = _account(
             client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint
         )
+        summary.update(upkeep.summary())
         summary["pool_sizes"] = pools.sizes
         summary["weight_sync_initial_max_abs_logprob_diff"] = initial_probe_diffs
         summary["placement"] = placement
@@ -239,7 +281,7 @@ def _write_connection(run_dir, run_id: str, redis_url: str) -> None:
     path.write_text(json.dumps({"run_id": run_id, "redis_url": redis_url}))
 
 
-def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer) -> None:
+def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer, upkeep) -> None:
     """Until the learner finishes: progress lines, metrics, resize requests, restarts of components
     Ray brought back, and heartbeats; a component that dies for good or goes silent fails the run
     with its name."""
@@ -251,6 +293,8 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
     while True:
         loop_refs = pools.loop_refs()
         ready, _ = ray.wait([learner_ref, *loop_refs], num_returns=1, timeout=0.5)
+        upkeep.check()
+        upkeep.trim()
         if metrics is not None and time.monotonic() - last_refresh > 1.0:
             metrics.refresh(pools.sizes)
             last_refresh = time.monotonic()
@@ -330,16 +374,18 @@ def _kill_all(handles: list) -> None:
 
 
 def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint) -> dict:
-    """Count every group by id: generated, trained (and twice), in flight at stop, lost."""
-    generated: dict[str, RolloutGroup] = {}
-    for _, msg in read_all(client, run_id, "rollouts"):
-        if isinstance(msg, RolloutGroup):
-            generated[msg.group_id] = msg
+    """Count every group by id: generated, trained (and twice), in flight at stop, lost.
+
+    Generated: the ledger of group ids written to the rollouts stream (acknowledged entries are
+    trimmed, the ledger is not), with what the actors' own stats say they wrote (a group Redis lost
+    after its XADD was acknowledged would show up there, then count as lost)."""
+    generated: set[str] = generated_ids(client, run_id)
+    generated |= {
+        msg.group_id for _, msg in read_all(client, run_id, "rollouts") if isinstance(msg, RolloutGroup)
+    }
     for name, stat in stats.items():
         if name.startswith("actor"):
-            missing = set(stat.group_ids) - set(generated)
-            if missing:  # produced but not in the stream: only an emergency trim can do this
-                generated.update(dict.fromkeys(missing))
+            generated |= set(stat.group_ids)
     trained = learner_result["trained_group_ids"]
     trained_set = set(trained)
     in_flight = set()
@@ -360,10 +406,6 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
     completions = sum(s.completions for s in actor_stats)
     tokens = sum(s.completion_tokens for s in actor_stats)
     loop_s = wall["train_loop_s"]
-    rewards: dict[str, list[float]] = {}
-    for _, msg in read_all(client, run_id, "train"):
-        if isinstance(msg, ScoredGroup) and msg.group.group_id in trained_set:
-            rewards.setdefault(msg.group.variant, []).extend(msg.rewards)
     verdicts: dict[str, int] = {}
     for s in pre_stats:
         for k, v in s.verdicts.items():
@@ -395,7 +437,7 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         "completion_tokens_generated": tokens,
         "completions_per_s": completions / loop_s if loop_s else 0.0,
         "tokens_per_s": tokens / loop_s if loop_s else 0.0,
-        "reward_mean": {k: sum(v) / len(v) for k, v in sorted(rewards.items())},
+        "reward_mean": {k: total / n for k, (total, n) in sorted(learner_result["reward_sums"].items()) if n},
         "verdicts": verdicts,
         "weight_sync_max_abs_logprob_diff": probe_diffs,
         "checkpoint": checkpoint,

@@ -37,7 +37,7 @@ class PreprocessWorker:
         self.config = config
         self.run_id = config.run.run_id
         self.worker_id = f"preprocess{worker_index}"
-        self.client = connect(redis_url, config.broker.socket_timeout_s)
+        self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         self.consumer = Consumer(
             self.client,
             self.run_id,

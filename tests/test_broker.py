@@ -12,9 +12,13 @@ from broker.streams import (
     Consumer,
     ControlChannel,
     Producer,
+    RedisUnavailable,
+    connect,
     ensure_groups,
+    generated_ids,
     stream_health,
     stream_key,
+    trim_acknowledged,
     unacked_ids,
 )
 from tests.test_schemas import make_group
@@ -168,10 +172,9 @@ def test_acknowledged_state_survives_a_redis_restart(tmp_path):
     import redis as redis_lib
 
     from broker.embedded import EmbeddedRedis
-    from broker.streams import connect, ensure_groups
 
     server = EmbeddedRedis(tmp_path / "redis", persistence=True).start()
-    client = connect(server.url, socket_timeout_s=5)
+    client = connect(server.url, socket_timeout_s=5, reconnect_timeout_s=2)
     rid = "persist"
     ensure_groups(client, rid)
     producer = Producer(client, rid, "rollouts", None, 100_000)
@@ -195,3 +198,82 @@ def test_acknowledged_state_survives_a_redis_restart(tmp_path):
         assert [e.message.group_id for e in again] == ["actor0-1", "actor0-2"]
     finally:
         restarted.stop()
+
+
+def test_acknowledged_entries_are_trimmed_and_nothing_else(redis_client, run_id):
+    """XTRIM MINID below the oldest pending entry and the group's last delivery: an entry that is
+    pending or was never delivered stays; the ledger keeps every group id; no entry counts as lost."""
+    producer = Producer(redis_client, run_id, "rollouts", None, 100_000)
+    ids = [producer.put(make_group(f"actor0-{i}")) for i in range(6)]
+    consumer = Consumer(redis_client, run_id, "rollouts", "w0")
+    assert len(consumer.read(count=4, block_ms=100)) == 4  # 0..3 delivered, 4 and 5 not
+    consumer.ack([ids[0], ids[2]])
+    assert trim_acknowledged(redis_client, run_id, "rollouts") == 1  # 0; 1 is pending, so 2 stays
+    consumer.ack([ids[1]])
+    assert trim_acknowledged(redis_client, run_id, "rollouts") == 2  # 1 and 2; 3 is pending
+    key = stream_key(run_id, "rollouts")
+    assert [e[0].decode() for e in redis_client.xrange(key)] == ids[3:]
+    consumer.ack([ids[3]])
+    assert trim_acknowledged(redis_client, run_id, "rollouts") == 1
+    assert trim_acknowledged(redis_client, run_id, "rollouts") == 0  # 4 and 5 were never delivered
+    health = stream_health(redis_client, run_id, "rollouts")
+    assert (health.length, health.lag, health.pending, health.lost) == (2, 2, 0, 0)
+    assert unacked_ids(redis_client, run_id, "rollouts") == set(ids[4:])
+    assert generated_ids(redis_client, run_id) == {f"actor0-{i}" for i in range(6)}
+    assert [e.message.group_id for e in consumer.read(count=10, block_ms=100)] == ["actor0-4", "actor0-5"]
+
+
+@pytest.mark.unit
+def test_unreachable_redis_fails_after_the_budget_naming_it():
+    """An external Redis that stays down: bounded retries, then an error naming Redis and its
+    address (not its password)."""
+    from broker.embedded import free_port
+
+    port = free_port()  # nothing listens there
+    client = connect(f"redis://:s3cret@127.0.0.1:{port}/0", reconnect_timeout_s=1.5)
+    start = time.monotonic()
+    with pytest.raises(
+        RedisUnavailable, match=rf"Redis at redis://127.0.0.1:{port}/0 did not answer for 1.5s"
+    ) as exc:
+        Consumer(client, "r", "rollouts", "w0").read(count=1, block_ms=10)
+    elapsed = time.monotonic() - start
+    assert 1.5 <= elapsed < 6, elapsed  # the budget, not a count of tries multiplied by nesting
+    assert "s3cret" not in str(exc.value) and "broker.reconnect_timeout_s" in str(exc.value)
+
+
+def test_supervised_embedded_redis_comes_back_with_its_state(tmp_path):
+    """SIGKILL the embedded server: the supervisor restarts it on the same port from its AOF, a
+    client reconnects by itself, and acknowledged and pending state is as it was; past
+    ``max_restarts`` it gives up and says so, and the client fails naming Redis."""
+    import signal
+
+    from broker.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis", persistence=True).start()
+    reports: list[str] = []
+    server.supervise(max_restarts=1, report=reports.append, poll_s=0.05)
+    try:
+        client = connect(server.url, socket_timeout_s=5, reconnect_timeout_s=20)
+        rid = "supervised"
+        ensure_groups(client, rid)
+        producer = Producer(client, rid, "rollouts", None, 100_000)
+        ids = [producer.put(make_group(f"actor0-{i}")) for i in range(4)]
+        consumer = Consumer(client, rid, "rollouts", "w0")
+        assert len(consumer.read(count=2, block_ms=100)) == 2
+        consumer.ack([ids[0]])  # acknowledged: 0; pending: 1; never delivered: 2, 3
+        first_pid = server.process.pid
+        server.process.send_signal(signal.SIGKILL)  # no time to flush: appendfsync always
+        health = stream_health(client, rid, "rollouts")  # blocks until the supervisor restarted it
+        assert server.process.pid != first_pid and server.restarts == 1
+        assert (health.length, health.pending, health.lag) == (4, 1, 2)
+        assert generated_ids(client, rid) == {f"actor0-{i}" for i in range(4)}
+        assert "restarted on port" in reports[0]
+        server.process.send_signal(signal.SIGKILL)  # a second death: no restarts left
+        deadline = time.monotonic() + 10
+        while server.failure is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "broker.max_redis_restarts" in server.failure
+        with pytest.raises(RedisUnavailable, match="Redis at redis://127.0.0.1"):
+            connect(server.url, reconnect_timeout_s=1.0).ping()
+    finally:
+        server.stop()

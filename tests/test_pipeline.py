@@ -47,6 +47,7 @@ def run_pipeline(tmp_path: Path, engine: str, redis_url: str | None) -> tuple[di
         "learner.data_timeout_s=300",
         "broker.max_groups_in_flight=8",
         "metrics.port=0",
+        "broker.trim_every_s=0",  # the test re-verifies every trained group from the train stream
     ]
     if redis_url:
         overrides.append(f"broker.redis_url={redis_url}")
