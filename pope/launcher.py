@@ -38,6 +38,7 @@ from broker.streams import (
     trim_acknowledged,
     unacked_ids,
 )
+from pope.autoscale import LagAutoscaler
 from pope.config import PopeConfig, dump_config
 from pope.metrics import RunMetrics
 from pope.pools import Pools
@@ -290,6 +291,11 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
     steps = config.learner.steps
     last_refresh = 0.0
     heard = {m.name: time.monotonic() for m in pools.actors + pools.workers}
+    scaler = (
+        LagAutoscaler(config.autoscale, config.broker.max_groups_in_flight)
+        if config.autoscale.enabled
+        else None
+    )
     while True:
         loop_refs = pools.loop_refs()
         ready, _ = ray.wait([learner_ref, *loop_refs], num_returns=1, timeout=0.5)
@@ -306,16 +312,26 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
             elif isinstance(message, StepReport):
                 # groups waiting: unscored (rollouts lag + pending) and scored but not yet trained (train lag);
                 # trained entries pending until the next checkpoint are not waiting
-                lag = stream_health(client, run_id, "rollouts").in_flight + stream_health(client, run_id, "train").lag
+                unscored = stream_health(client, run_id, "rollouts").in_flight
+                lag = unscored + stream_health(client, run_id, "train").lag
                 printer(_progress(message, steps, t_loop, lag))
+                if scaler is not None:
+                    scaler.observe(time.monotonic(), lag, unscored)
+                    decision = scaler.decide(time.monotonic(), len(pools.actors), len(pools.workers))
+                    if decision is not None:
+                        resized = pools.resize(decision.pool, decision.size, _wait_all)
+                        printer(
+                            f"autoscale {decision.pool} to {decision.size} ({decision.reason}): {resized}"
+                        )
             elif isinstance(message, ScaleRequest):
                 printer(
                     f"scale {message.pool} to {message.size}: "
                     + pools.resize(message.pool, message.size, _wait_all)
                 )
-                heard.update(
-                    {m.name: time.monotonic() for m in pools.actors + pools.workers if m.name not in heard}
-                )
+            # members a resize added start with a fresh heartbeat
+            heard.update(
+                {m.name: time.monotonic() for m in pools.actors + pools.workers if m.name not in heard}
+            )
         live = {m.name for m in pools.actors + pools.workers}
         for name, when in heard.items():
             if name in live and time.monotonic() - when > config.metrics.heartbeat_timeout_s:
