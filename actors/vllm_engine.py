@@ -51,7 +51,12 @@ class WeightReceiver:
 
 class VLLMEngine:
     def __init__(self, engine_config, model_path: str, seed: int, dtype: str):
+        import os
+
         from vllm import LLM
+
+        # read by vLLM-CPU when it starts the worker process below (see VLLMEngineConfig)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = engine_config.cpu_omp_threads_bind
 
         self.llm = LLM(
             model=model_path,

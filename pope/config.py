@@ -135,6 +135,16 @@ class VLLMEngineConfig(Section):
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, tokens.")
     enforce_eager: bool = Field(True, description="Skip graph capture (faster start, needed on CPU).")
     max_num_seqs: int = Field(64, ge=1, description="Sequences vLLM schedules at once.")
+    cpu_omp_threads_bind: str = Field(
+        "auto",
+        min_length=1,
+        description="vLLM-CPU's VLLM_CPU_OMP_THREADS_BIND for this engine's worker. 'auto' (vLLM's "
+        "binding) pins the worker of every engine on a node to the same cores (all but the last, "
+        "reserved for its scheduler), so the engines of several actors share one core; 'nobind' "
+        "leaves its OpenMP threads (OMP_NUM_THREADS of the actor) to the OS, but in the demo it "
+        "halved the mean completion length (17 vs 30 tokens, 2 runs each; not understood, see "
+        "BENCHMARKS.md), so it is not the default; or core ids such as '0-3'. Unused on GPU.",
+    )
 
 
 class HFEngineConfig(Section):
