@@ -33,11 +33,14 @@ class LagAutoscaler:
     bound: int  # broker.max_groups_in_flight
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time, waiting, unscored)
     last_change: float = float("-inf")
+    window_start: float | None = None  # the first sample since the last change
 
     def observe(self, now: float, waiting: int, unscored: int) -> None:
         """One sample: groups waiting to be trained, of which ``unscored`` still wait for scoring."""
         if not 0 <= unscored <= waiting:
             raise ValueError(f"autoscale sample: need 0 <= unscored ({unscored}) <= waiting ({waiting})")
+        if self.window_start is None:
+            self.window_start = now
         self.samples.append((now, waiting, unscored))
         self.samples = [s for s in self.samples if s[0] >= now - self.config.window_s]
 
@@ -46,13 +49,13 @@ class LagAutoscaler:
         cfg = self.config
         if now - self.last_change < cfg.cooldown_s:
             return None
-        window = [s for s in self.samples if s[0] > self.last_change]
-        if len(window) < 2 or window[-1][0] - window[0][0] < 0.8 * cfg.window_s:
-            return None  # not a full window since the last change
+        if self.window_start is None or now - self.window_start < cfg.window_s:
+            return None  # not a full window of samples since the last change
+        window = [s for s in self.samples if s[0] >= self.window_start]
         waiting = sum(s[1] for s in window) / len(window)
         unscored = sum(s[2] for s in window) / len(window)
         fill = waiting / self.bound
-        span = f"{fill:.0%} full over {window[-1][0] - window[0][0]:.0f}s"
+        span = f"{fill:.0%} full over {cfg.window_s:g}s"
         decision = None
         if fill < cfg.low_fill and actors < cfg.max_actors:
             decision = Decision("actors", actors + 1, f"learner starved (buffer {span})")
@@ -65,5 +68,5 @@ class LagAutoscaler:
         elif fill > cfg.high_fill and unscored <= 0.5 * waiting and actors > cfg.min_actors:
             decision = Decision("actors", actors - 1, f"actors wait on backpressure (buffer {span})")
         if decision is not None:
-            self.last_change = now
+            self.last_change, self.window_start, self.samples = now, None, []
         return decision

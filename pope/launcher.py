@@ -282,6 +282,13 @@ def _write_connection(run_dir, run_id: str, redis_url: str) -> None:
     path.write_text(json.dumps({"run_id": run_id, "redis_url": redis_url}))
 
 
+def _waiting(client, run_id: str) -> tuple[int, int]:
+    """Groups waiting to be trained, and of those the unscored: rollouts lag + pending, plus scored
+    but unread (train lag); trained entries pending until the next checkpoint are not waiting."""
+    unscored = stream_health(client, run_id, "rollouts").in_flight
+    return unscored + stream_health(client, run_id, "train").lag, unscored
+
+
 def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer, upkeep) -> None:
     """Until the learner finishes: progress lines, metrics, resize requests, restarts of components
     Ray brought back, and heartbeats; a component that dies for good or goes silent fails the run
@@ -301,8 +308,15 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
         ready, _ = ray.wait([learner_ref, *loop_refs], num_returns=1, timeout=0.5)
         upkeep.check()
         upkeep.trim()
-        if metrics is not None and time.monotonic() - last_refresh > 1.0:
-            metrics.refresh(pools.sizes)
+        if time.monotonic() - last_refresh > 1.0:
+            if metrics is not None:
+                metrics.refresh(pools.sizes)
+            if scaler is not None:  # one buffer sample a second; a decision when a window is full
+                scaler.observe(time.monotonic(), *_waiting(client, run_id))
+                decision = scaler.decide(time.monotonic(), len(pools.actors), len(pools.workers))
+                if decision is not None:
+                    resized = pools.resize(decision.pool, decision.size, _wait_all)
+                    printer(f"autoscale {decision.pool} to {decision.size} ({decision.reason}): {resized}")
             last_refresh = time.monotonic()
         for message in control.poll():
             if metrics is not None:
@@ -310,19 +324,7 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
             if isinstance(message, Progress):
                 heard[message.component] = time.monotonic()
             elif isinstance(message, StepReport):
-                # groups waiting: unscored (rollouts lag + pending) and scored but not yet trained (train lag);
-                # trained entries pending until the next checkpoint are not waiting
-                unscored = stream_health(client, run_id, "rollouts").in_flight
-                lag = unscored + stream_health(client, run_id, "train").lag
-                printer(_progress(message, steps, t_loop, lag))
-                if scaler is not None:
-                    scaler.observe(time.monotonic(), lag, unscored)
-                    decision = scaler.decide(time.monotonic(), len(pools.actors), len(pools.workers))
-                    if decision is not None:
-                        resized = pools.resize(decision.pool, decision.size, _wait_all)
-                        printer(
-                            f"autoscale {decision.pool} to {decision.size} ({decision.reason}): {resized}"
-                        )
+                printer(_progress(message, steps, t_loop, _waiting(client, run_id)[0]))
             elif isinstance(message, ScaleRequest):
                 printer(
                     f"scale {message.pool} to {message.size}: "
