@@ -255,15 +255,19 @@ class PolicyTrainer:
         forward_backward_s = time.monotonic() - start
         start = time.monotonic()
         nonfinite = self._all_reduce_sum(float(nonfinite)) > 0
+        grad_norm = None
         if nonfinite:
             self._skip_update()
         else:
+            if self.cfg.zero_stage == 0:  # DeepSpeed records the norm only in its ZeRO optimizers
+                grad_norm = self._grad_norm()
             self.engine.step()
             self.step_count += 1
+            if grad_norm is None:
+                grad_norm = self.engine.get_global_grad_norm()
         optimizer_s = time.monotonic() - start
         totals = {key: self._all_reduce_sum(value) for key, value in sums.items()}
         tokens = max(totals["tokens"], 1.0)
-        grad_norm = self.engine.get_global_grad_norm()
         return {
             "nonfinite": float(nonfinite),
             "loss": totals["loss"],
@@ -279,6 +283,15 @@ class PolicyTrainer:
             "forward_backward_s": forward_backward_s,
             "optimizer_s": optimizer_s,
         }
+
+    def _grad_norm(self) -> float:
+        """The L2 norm of the (already all-reduced) gradients before clipping, in float64."""
+        squares = [
+            p.grad.detach().double().pow(2).sum()
+            for p in self.engine.module.parameters()
+            if p.grad is not None
+        ]
+        return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
 
     def _skip_update(self) -> None:
         """Close DeepSpeed's accumulation boundary without changing the weights: zero the gradients

@@ -45,6 +45,9 @@ def test_two_ranks_match_one_rank(tmp_path, tiny_model_path, one_rank, zero):
     assert two["checksum"] == pytest.approx(one_rank["checksum"], rel=1e-6)
     assert two["abs_checksum"] == pytest.approx(one_rank["abs_checksum"], rel=1e-6)
     assert two["sample"] == pytest.approx(one_rank["sample"], abs=1e-6)
+    # the logged grad norm: finite, and the same whether pope computes it (ZeRO 0) or DeepSpeed's ZeRO optimizer does
+    assert all(0 < g < float("inf") for g in one_rank["grad_norms"])
+    assert two["grad_norms"] == pytest.approx(one_rank["grad_norms"], rel=1e-4)
 
 
 def test_resume_continues_exactly(tmp_path, tiny_model_path, one_rank):

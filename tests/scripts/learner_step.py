@@ -88,10 +88,13 @@ def main() -> None:
         trainer.load_checkpoint(args.checkpoint)
         losses.append(trainer.train_step(batch_b)["loss"])
     else:
-        losses.append(trainer.train_step(batch_a)["loss"])
+        first = trainer.train_step(batch_a)
+        losses.append(first["loss"])
         if args.mode == "save":
             trainer.save_checkpoint(args.checkpoint)
-        losses.append(trainer.train_step(batch_b)["loss"])
+        second = trainer.train_step(batch_b)
+        losses.append(second["loss"])
+        extra = {"grad_norms": [first["grad_norm"], second["grad_norm"]]}
     weights = (
         dict(trainer.iter_weights()) if args.zero != 3 else {n: t.clone() for n, t in trainer.iter_weights()}
     )
@@ -101,7 +104,7 @@ def main() -> None:
         "abs_checksum": float(sum(t.double().abs().sum().item() for t in weights.values())),
         "sample": weights["model.layers.0.mlp.up_proj.weight"].reshape(-1)[:8].double().tolist(),
         "world_size": trainer.world_size,
-        **(extra if args.mode == "nan" else {}),
+        **(extra if args.mode in ("nan", "plain", "save") else {}),
     }
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "w") as f:
