@@ -21,7 +21,7 @@ from typing import Any
 
 from actors.engine import SamplingSettings, make_engine
 from broker.schemas import PackedArray, Rollout, RolloutGroup
-from broker.streams import ControlChannel, Producer, ProgressReporter, connect
+from broker.streams import ControlChannel, Producer, ProgressReporter, connect, sampler_position
 from pope.config import PopeConfig
 from pope.problems import run_problems
 from pope.prompts import render_prompt, sample_prompts
@@ -98,6 +98,11 @@ class RolloutActor:
         self.prompts = sample_prompts(
             problems, data, config.run.seed, actor_index, config.actors.num_actors, easy
         )
+        # a restarted (or resumed) actor skips the prompts whose groups are already in the stream:
+        # the ones it was generating when it died come first; group ids carry the prompt's position
+        self._sequence = sampler_position(self.client, self.run_id, self.actor_id)
+        for _ in range(self._sequence):
+            next(self.prompts)
 
     # -- weights -------------------------------------------------------------------------------
     def init_weight_group(
@@ -225,7 +230,7 @@ class RolloutActor:
                 self.stats.backpressure_wait_s += self.producer.wait_s - before
                 self._serve_calls()
                 for group in self.generate_once():
-                    self.producer.put(group)
+                    self.producer.put(group, (self.actor_id, int(group.group_id.rsplit("-", 1)[1]) + 1))
                     self.stats.groups_produced += 1
                     self.stats.completions += len(group.rollouts)
                     self.stats.completion_tokens += sum(len(r.completion_ids) for r in group.rollouts)

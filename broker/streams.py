@@ -49,6 +49,16 @@ def ledger_key(run_id: str) -> str:
     return f"pope:{run_id}:generated"
 
 
+def sampler_key(run_id: str) -> str:
+    """Hash: producer name -> how many of its prompts have a group in the rollouts stream (a restarted
+    or resumed actor skips exactly those, so the prompts it had not written yet come first)."""
+    return f"pope:{run_id}:sampler"
+
+
+def sampler_position(client, run_id: str, producer: str) -> int:
+    return int(client.hget(sampler_key(run_id), producer) or 0)
+
+
 class RedisUnavailable(redis.ConnectionError):
     """Redis did not answer within the reconnect budget (``broker.reconnect_timeout_s``)."""
 
@@ -225,8 +235,9 @@ class Producer:
         health = stream_health(self.client, self.run_id, self.stream)
         return health.in_flight if self.count_pending else health.lag
 
-    def put(self, message: Message) -> str:
-        """Append ``message``; a rollout group's id goes into the run's ledger in the same MULTI."""
+    def put(self, message: Message, position: tuple[str, int] | None = None) -> str:
+        """Append ``message``; a rollout group's id goes into the run's ledger in the same MULTI, and
+        ``position`` (producer name, prompts written so far) into the sampler hash."""
         if self.stream != "rollouts" or not hasattr(message, "group_id"):
             entry_id = self.client.xadd(
                 self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True
@@ -235,7 +246,9 @@ class Producer:
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True)
         pipe.sadd(ledger_key(self.run_id), message.group_id)
-        entry_id, _ = pipe.execute()
+        if position is not None:
+            pipe.hset(sampler_key(self.run_id), position[0], position[1])
+        entry_id = pipe.execute()[0]
         return _s(entry_id)
 
 

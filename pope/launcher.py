@@ -462,4 +462,7 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         "trained_group_ids": sorted(trained),
         "in_flight_group_ids": sorted(in_flight),
         "lost_group_ids": sorted(lost),
+        "skipped_group_ids": {
+            reason: sorted(ids) for reason, ids in learner_result["skipped_group_ids"].items()
+        },
     }

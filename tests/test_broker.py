@@ -16,6 +16,8 @@ from broker.streams import (
     connect,
     ensure_groups,
     generated_ids,
+    sampler_key,
+    sampler_position,
     stream_health,
     stream_key,
     trim_acknowledged,
@@ -52,6 +54,19 @@ def test_produce_consume_ack(redis_client, run_id):
     consumer.ack([entries[0].entry_id])
     assert stream_health(redis_client, run_id, "rollouts").pending == 1
     assert len(unacked_ids(redis_client, run_id, "rollouts")) == 2  # one pending, one never delivered
+
+
+def test_sampler_position_is_written_with_the_group(redis_client, run_id):
+    """The position goes in the same MULTI as the XADD: a group in the stream always counts."""
+    producer = Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=100_000)
+    assert sampler_position(redis_client, run_id, "actor0") == 0
+    for i in range(3):
+        producer.put(make_group(f"actor0-abc-{i:07d}"), ("actor0", i + 1))
+    producer.put(make_group("actor1-def-0000000"), ("actor1", 1))
+    assert sampler_position(redis_client, run_id, "actor0") == 3
+    assert sampler_position(redis_client, run_id, "actor1") == 1
+    assert sampler_key(run_id) == f"pope:{run_id}:sampler"
+    assert redis_client.xlen(stream_key(run_id, "rollouts")) == 4
 
 
 def test_backpressure_holds_the_bound(redis_client, run_id):
