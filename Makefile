@@ -35,9 +35,11 @@ bench: install
 clean:
 	rm -rf runs .pytest_cache
 
-# The testbed experiments of issue D (about 30-45 min on 2 cores); writes RESULTS.md and results/*.png.
+# The testbed experiments of issue D (about 50 min on 2 cores); writes RESULTS.md, results/*.png and the
+# investigation's teacher-forced table (results/investigation.md).
 # `$(PY) scripts/reproduce.py --quick` is a few-minute smoke run (report under runs/reproduce/).
 .PHONY: reproduce
 reproduce: install
 	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[reproduce]"
 	$(PY) scripts/reproduce.py
+	$(PY) scripts/investigate_testbed.py --runs runs/reproduce --out results/investigation.json > results/investigation.md
