@@ -193,6 +193,7 @@ def _parse_child(conn) -> None:
     from math_verify import parse
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # one "timeout disabled" warning per call
+    parse(wrap_answer("1"), parsing_timeout=None)  # builds the grammars now, under the startup deadline
     conn.send("ready")
     while True:
         try:
