@@ -9,6 +9,8 @@ repacked after loading). The prefix cache is reset after a load, since it holds 
 
 from __future__ import annotations
 
+import torch
+
 from actors.engine import Sample, SamplingSettings
 from pope.weight_sync import TensorMeta, broadcast_tensors, checksum, make_group
 
@@ -24,12 +26,36 @@ class WeightReceiver:
     def pope_receive_weights(self, metas: list[tuple], timeout_s: float) -> float:
         metas = [TensorMeta(name, tuple(shape), dtype) for name, shape, dtype in metas]
         device = str(self.device) if hasattr(self, "device") else "cpu"
-        # fresh buffers every time (no reuse): vLLM's in-place reload may keep loaded tensors as
-        # parameter storage, and a reused buffer would then alias the next broadcast's data
-        received = list(broadcast_tensors(self._pope_group, metas, None, timeout_s, device=device))
+        # the bucket buffers are kept between broadcasts: a fresh one costs its page faults on
+        # every receive (~260 ms of 1.1 s for SmolLM2-135M, BENCHMARKS.md)
+        buffers = self.__dict__.setdefault("_pope_buffers", {})
+        received = list(
+            broadcast_tensors(self._pope_group, metas, None, timeout_s, device=device, buffers=buffers)
+        )
         self.model_runner.reload_weights(weights_iterator=iter(received), is_checkpoint_format=True)
         self._pope_retie_lm_head()
-        return checksum(received)
+        value = checksum(received)
+        self._pope_keep_buffers_if_unaliased(buffers)
+        return value
+
+    def _pope_keep_buffers_if_unaliased(self, buffers: dict | None) -> None:
+        """Reusing the buffers is safe only while the model holds copies of what it loaded.
+
+        vLLM's layerwise reload copies the loaded values into the layers' own storage (and repacks
+        them for the CPU GEMM from there). Should a loader ever keep a received tensor itself, the
+        next broadcast would overwrite live weights: then drop the buffers, so every later receive
+        allocates fresh ones (this load is still right: the data has not been overwritten yet)."""
+        if not buffers:
+            return
+        storages = {flat.untyped_storage().data_ptr() for flat in buffers.values()}
+        model = self.model_runner.get_model()
+        for module in model.modules():
+            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
+            if any(t.untyped_storage().data_ptr() in storages for t in tensors):
+                buffers.clear()
+                self._pope_buffers = None  # setdefault above then finds None: no reuse
+                return
 
     def _pope_retie_lm_head(self) -> None:
         """Re-tie the output head to the reloaded embedding.

@@ -2,8 +2,9 @@
 receiver (a spawned process, an actor's role) over a gloo group from ``pope.weight_sync.make_group``.
 
 Per set of tensors, three ways, alternated rep by rep on the same group:
-- pope: ``broadcast_tensors`` (bucketed: pack into flat buffers, one collective per bucket; the
-  receiver allocates the buffer and takes views, as the engines do);
+- pope: ``broadcast_tensors`` (bucketed: the sender packs the tensors into its bucket buffer, one
+  collective per bucket, the receiver takes views of its own; both ends keep their buffers between
+  reps, as the learner and the engines do);
 - raw: ``group.broadcast(flat, 0).wait()`` of one preallocated flat tensor of the same bytes;
 - raw_fresh: the same, but the sender packs a new flat tensor (``torch.cat``) and the receiver
   allocates a new one each rep: what pope does per bucket, without its code around it. So

@@ -21,7 +21,7 @@ from broker.schemas import ScoredGroup, StepReport, WeightsPublished
 from broker.streams import Consumer, ControlChannel, connect
 from learner.policy import PolicyTrainer
 from pope.tiny_model import resolve_model_path
-from pope.weight_sync import broadcast_tensors, make_group
+from pope.weight_sync import broadcast_tensors, checksum, make_group
 
 
 def _lineage(g: ScoredGroup) -> dict:
@@ -144,11 +144,11 @@ class Learner:
         refs = [h.update_weights.remote(self.version, metas, timeout) for h in self.actor_handles]
         for _ in broadcast_tensors(self.group, metas, [t for _, t in named], timeout, buffers=self._buffers):
             pass
+        sent = checksum(named)  # while the actors load what they received
         try:
             received = ray.get(refs, timeout=timeout)
         except ray.exceptions.RayError as exc:
             raise RuntimeError(f"an actor did not load weights v{self.version}: {exc}") from exc
-        sent = float(sum(t.double().sum().item() for _, t in named))
         for index, value in enumerate(received):
             if not math.isclose(value, sent, rel_tol=1e-9, abs_tol=1e-6):
                 raise RuntimeError(

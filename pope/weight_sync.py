@@ -68,6 +68,27 @@ def _buckets(metas: list[TensorMeta], bucket_bytes: int) -> Iterator[list[int]]:
         yield current
 
 
+def _pack(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy ``tensors`` one after another into ``flat``.
+
+    On CPU the copy is numpy's, a plain single-threaded memcpy: torch's ``cat``/``copy_`` run an
+    OpenMP region per tensor, and with 2 torch threads on a busy machine each region waits for
+    both threads to be scheduled, which made packing 64 MiB take 60-200 ms instead of ~4 ms
+    (BENCHMARKS.md, broadcast attempts). One thread copies at memory speed, several times faster
+    than gloo sends, so nothing is lost on an idle machine either.
+    """
+    offset = 0
+    for tensor in tensors:
+        src = tensor.detach().reshape(-1).to(device=flat.device, dtype=flat.dtype)
+        dst = flat[offset : offset + src.numel()]
+        if flat.device.type == "cpu":
+            dst.view(torch.uint8).numpy()[:] = src.view(torch.uint8).numpy()
+        else:
+            dst.copy_(src)
+        offset += src.numel()
+    assert offset == flat.numel(), "the bucket's tensors do not fill its buffer"
+
+
 def broadcast_tensors(
     group,
     metas: list[TensorMeta],
@@ -96,9 +117,7 @@ def broadcast_tensors(
             if buffers is not None:
                 buffers[key] = flat
         if tensors is not None:
-            torch.cat(
-                [tensors[i].detach().reshape(-1).to(device=device, dtype=dtype) for i in bucket], out=flat
-            )
+            _pack(flat, [tensors[i] for i in bucket])
         group.broadcast(flat, 0, timeout).wait()
         offset = 0
         for i in bucket:
@@ -108,5 +127,8 @@ def broadcast_tensors(
 
 
 def checksum(named: Iterable[tuple[str, torch.Tensor]]) -> float:
-    """Order-independent float64 sum of every element, for quick equality checks."""
-    return float(sum(t.detach().to(torch.float64).sum().item() for _, t in named))
+    """Order-independent float64 sum of every element, for quick equality checks.
+
+    ``sum(dtype=float64)`` accumulates in float64 without making a float64 copy of each tensor
+    (same value; no faster on the busy test machine, where the sum is memory-bound)."""
+    return float(sum(t.detach().sum(dtype=torch.float64).item() for _, t in named))
