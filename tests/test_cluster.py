@@ -80,21 +80,31 @@ def test_ray_job_submit_on_two_nodes(tmp_path):
         head = run_cli(
             "ray", "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
             "--resources={\"learner_node\": 1}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}", "--disable-usage-stats", timeout=180,
+            f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+            "--disable-usage-stats", timeout=180,
         )  # fmt: skip
         assert head.returncode == 0, head.stderr[-3000:]
         worker = run_cli(
             "ray", "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-            "--resources={\"actor_node\": 2}", timeout=180,
+            "--resources={\"actor_node\": 2}", f"--dashboard-agent-listen-port={free_port()}", timeout=180,
         )  # fmt: skip
         assert worker.returncode == 0, worker.stderr[-3000:]
         out_dir = tmp_path / "runs"
-        job = run_cli(
+        submit = (
             "ray", "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
             "pope", "train", "--config", "configs/demo_cpu_hf.yaml", "learner.steps=3", f"run.output_dir={out_dir}",
             "actors.resources={actor_node: 1}", "learner.resources={learner_node: 1}", "learner.num_cpus=0.5",
-            "metrics.port=0", timeout=900,
+            "metrics.port=0",
         )  # fmt: skip
+        # each node's dashboard agent gets a free port (Ray's fixed default, 52365, may be taken by another
+        # Ray on the machine: then no agent and "No available agent to submit job"); the job API may also
+        # answer before the agent has registered on a loaded machine: retry that answer for 3 minutes
+        deadline = time.monotonic() + 180
+        while True:
+            job = run_cli(*submit, timeout=900)
+            if "No available agent to submit job" not in job.stderr + job.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert job.returncode == 0, (job.stdout + job.stderr)[-5000:]
         (summary_path,) = out_dir.glob("*/summary.json")
         summary = json.loads(summary_path.read_text())
