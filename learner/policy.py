@@ -340,6 +340,13 @@ class PolicyTrainer:
         np.random.set_state(state["numpy_rng"])
         return state["extra"]
 
+    def close(self) -> None:
+        """Leave the process group together: a rank that exits while gloo's threads still run in
+        another can abort ("terminate called without an active exception")."""
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def save_hf(self, path: str) -> str:
         """The model in Hugging Face format (rank 0 writes; under ZeRO-3 every rank must call)."""
         state = {name: t.clone() for name, t in self.iter_weights()}

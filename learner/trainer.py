@@ -399,3 +399,4 @@ class Learner:
 
     def close(self) -> None:
         self.client.close()
+        self.policy.close()

@@ -109,6 +109,7 @@ def main() -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "w") as f:
             json.dump(result, f)
+    trainer.close()
 
 
 if __name__ == "__main__":
