@@ -253,6 +253,19 @@ def collate(docs: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
+def train_step(model, optimizer, docs: list[tuple[list[int], list[int]]], pad_id: int) -> float:
+    """One supervised step on (prompt ids, target ids) pairs, loss on the targets, grad norm clipped at 1."""
+    import torch
+
+    ids, mask, labels = collate(docs, pad_id)
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def pretrain(model, tokenizer, spec: dict, seed: int, log=None) -> list[float]:
     """AdamW on target tokens, linear warm-up then linear decay; returns the loss per step."""
     import torch
@@ -267,14 +280,8 @@ def pretrain(model, tokenizer, spec: dict, seed: int, log=None) -> list[float]:
     model.train()
     for index in range(steps):
         docs = [_documents(rng, tokenizer, spec) for _ in range(spec["batch_size"])]
-        ids, mask, labels = collate(docs, tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        losses.append(train_step(model, optimizer, docs, tokenizer.pad_token_id))
         schedule.step()
-        losses.append(loss.item())
         if log is not None and (index % 50 == 0 or index == steps - 1):
             log(f"pretrain step {index + 1}/{steps}: loss {losses[-1]:.4f}")
     model.eval()

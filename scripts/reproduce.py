@@ -43,6 +43,7 @@ EXPERIMENTS = {  # name -> what it is (configs/testbed/<name>.yaml)
     "pope_easy": "POPE + easy",
     "pope_long": f"POPE, {LONG_STEPS} steps, seed 0 (investigation)",  # configs/testbed/pope.yaml
 }
+CONFIG_DATA_DIR = "runs/reproduce/data/"  # where configs/testbed/*.yaml expect the data files
 UNGUIDED_COPY = "~u"  # id suffix of the unguided copies in the pope_easy source file
 FILTER_K = 16
 PREFIX_N = 8
@@ -128,7 +129,7 @@ def sft(base: Path, traces: list[tuple[str, str]], out_dir: Path, seed: int, epo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pope.testbed import collate
+    from pope.testbed import train_step
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -145,13 +146,7 @@ def sft(base: Path, traces: list[tuple[str, str]], out_dir: Path, seed: int, epo
     batch_size = 16
     model.train()
     for _ in range(max(1, epochs * len(docs) // batch_size)):
-        batch = rng.sample(docs, min(batch_size, len(docs)))
-        ids, mask, labels = collate(batch, tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        train_step(model, optimizer, rng.sample(docs, min(batch_size, len(docs))), tokenizer.pad_token_id)
     shutil.rmtree(out_dir, ignore_errors=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -380,11 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     log(f"base model {model}")
 
     def config_for(name: str, seed: int, model_path: Path, extra: tuple[str, ...] = ()):
+        path = ROOT / "configs" / "testbed" / f"{name}.yaml"
         overrides = [f"model.path={model_path}", f"run.seed={seed}", f"run.output_dir={out / 'runs'}"]
         overrides += (
             [f"learner.steps={steps}", f"learner.solve_window_steps={min(steps, 10)}"] if steps else []
         )
-        return load_config(ROOT / "configs" / "testbed" / f"{name}.yaml", [*overrides, *extra])
+        data = load_config(path).data  # the configs name files under the default --out: follow --out
+        for key in ("source", "easy_source"):
+            value = getattr(data, key)
+            if value and value.startswith(CONFIG_DATA_DIR):
+                overrides.append(f"data.{key}={data_dir / value.removeprefix(CONFIG_DATA_DIR)}")
+        return load_config(path, [*overrides, *extra])
 
     eval_config = config_for("grpo_hard", 1234, model, ("run.run_id=reproduce-eval",))  # one seed for all
     started_ray = _start_ray(eval_config)
