@@ -81,8 +81,14 @@ class VLLMEngine:
 
         from vllm import LLM
 
-        # read by vLLM-CPU when it starts the worker process below (see VLLMEngineConfig)
+        # read by vLLM as it builds the engine below (see VLLMEngineConfig)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = engine_config.cpu_omp_threads_bind
+        multiprocessing = engine_config.multiprocessing
+        if multiprocessing is None:
+            import torch
+
+            multiprocessing = torch.cuda.is_available()
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
 
         self.llm = LLM(
             model=model_path,

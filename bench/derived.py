@@ -4,7 +4,7 @@
     async_gain            pipeline.completions_per_s / sync.completions_per_s                (no target)
     pipeline_efficiency   compute_bound_s / pipeline.train_loop_s                             target >= 0.8
                           compute_bound_s = pipeline.completion_tokens_trained / generation.vllm.tokens_per_s
-                                          + pipeline.steps * learner_step.step_s_mean
+                                          + pipeline.padded_tokens_trained / learner_step.padded_tokens_per_s
     broker_share_of_step  broker.tokens_64.per_group_ms * HOPS * groups_per_step
                           / (1000 * pipeline.step_period_s)                                   target <= 0.02
     broadcast_vs_raw      broadcast.broadcast_vs_raw (pope / raw seconds, largest set)        target <= 1.5
@@ -13,7 +13,11 @@
 Under ``derived``: ``ratio_vs_trl_tokens`` (trained completion tokens/s: completion lengths
 differ between the runs), ``ratio_vs_trl_steady`` and ``async_gain_steady`` (pipeline steps 2..N),
 ``pipeline_efficiency_vs_sync_stages`` (the bound measured in place instead: the sync run's
-generate_s + train_s, scaled to the pipeline's steps, over train_loop_s).
+generate_s + train_s, scaled to the pipeline's steps, over train_loop_s). The training-only time
+scales the learner benchmark's rate by the padded tokens the pipeline's learner actually computed
+on (its batches' lengths follow the completions, which training changes); ``compute_bound``
+also has ``train_only_s_by_steps`` (pipeline.steps * learner_step.step_s_mean), the formula of
+the runs before 2026-11-27 afternoon, whose learner batch had 4-8 token prompts.
 
 HOPS = 2: every group crosses the broker twice (rollouts stream: actor -> preprocess; train
 stream: preprocess -> learner), each hop a put, a read and an ack. The 64-token size is the one
@@ -53,15 +57,17 @@ def derive(results: dict) -> dict:
     pipe_rate = pipe.get("completions_per_s")
     gen_tps = _get(results, "generation", "vllm", "tokens_per_s")
     learner_step_s = _get(results, "learner_step", "step_s_mean")
+    learner_padded_tps = _get(results, "learner_step", "padded_tokens_per_s")
     per_group_ms = _get(results, "broker", "tokens_64", "per_group_ms")
 
     bound = None
-    if pipe and gen_tps and learner_step_s:
+    if pipe and gen_tps and learner_step_s and learner_padded_tps and pipe.get("padded_tokens_trained"):
         generate_only_s = pipe["completion_tokens_trained"] / gen_tps
-        train_only_s = pipe["steps"] * learner_step_s
+        train_only_s = pipe["padded_tokens_trained"] / learner_padded_tps
         bound = {
             "generate_only_s": generate_only_s,
             "train_only_s": train_only_s,
+            "train_only_s_by_steps": pipe["steps"] * learner_step_s,
             "compute_bound_s": generate_only_s + train_only_s,
         }
     sync = results.get("sync") or {}

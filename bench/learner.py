@@ -1,11 +1,15 @@
-"""Learner step throughput: ``learner.policy.PolicyTrainer.train_step`` on DeepSpeed-CPU, ZeRO 0,
-one rank, the tiny model.
+"""Learner step throughput: ``learner.policy.PolicyTrainer.train_step`` on DeepSpeed-CPU, one rank,
+the tiny model, with the pipeline benchmark's learner settings (configs/demo_cpu.yaml: ZeRO 0,
+micro-batches of 16, ``learner.torch_threads``).
 
-The batch is that of tests/scripts/learner_step.py (``fixed_batch``: random prompts of 4-8 tokens,
-random completions with behaviour logprobs, rewards and group-centred advantages) scaled to
-``groups_per_step`` 4 x ``num_rollouts`` 8 = 32 sequences with completions of 40-56 tokens (~48).
-After ``warmup_steps`` steps, ``steps`` steps are timed; ``tokens_per_s`` counts trained
-(completion) tokens per second of ``train_step`` wall time.
+The batch has the pipeline's shapes: ``groups_per_step`` 4 x ``num_rollouts`` 8 = 32 sequences whose
+prompts are the actors' own (built-in arithmetic problems rendered by ``render_prompt``, guided and
+unguided as ``sample_prompts`` mixes them: ~70 tokens) and whose completions are random tokens,
+10-48 long (the demo's completions stop at the end token after ~20-30 tokens, at most 48), with
+behaviour logprobs, rewards and group-centred advantages. After ``warmup_steps`` steps, ``steps``
+steps are timed; ``tokens_per_s`` counts trained (completion) tokens per second of ``train_step``
+wall time, ``padded_tokens_per_s`` the padded batch the forward pass computes on (the compute
+bound of bench/derived.py scales the pipeline's own padded tokens by it).
 
 DeepSpeed reads DS_ACCELERATOR at import, so the step runs in a fresh process
 (``python -m bench.learner --worker OUT``) with DS_ACCELERATOR=cpu, as the launcher sets it.
@@ -16,15 +20,36 @@ from __future__ import annotations
 import argparse
 import time
 
-OVERRIDES = [
-    "learner.groups_per_step=4", "actors.num_rollouts=8", "learner.micro_batch_size=16",
-    "learner.zero_stage=0", "learner.lr=1e-3", "run.seed=0",
-]  # fmt: skip
-COMPLETION_TOKENS = (40, 56)  # inclusive range; mean 48
+from bench.common import ROOT
+
+CONFIG = ROOT / "configs" / "demo_cpu.yaml"  # the pipeline benchmark's config
+OVERRIDES = ["run.seed=0"]
+COMPLETION_TOKENS = (10, 48)  # inclusive range
 
 
-def scaled_batch(seed: int, groups: int, rollouts: int, vocab: int, completion_tokens=COMPLETION_TOKENS):
-    """``fixed_batch`` of tests/scripts/learner_step.py with longer completions."""
+def actor_prompts(config, model_path: str, count: int) -> list[list[int]]:
+    """The first ``count`` prompts actor 0 of ``config`` would generate for, as token ids."""
+    from transformers import AutoTokenizer
+
+    from pope.problems import run_problems
+    from pope.prompts import render_prompt, sample_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    specs = sample_prompts(run_problems(config.data, config.run.seed), config.data, config.run.seed, 0, 1)
+    texts = [render_prompt(tokenizer, next(specs), config.data) for _ in range(count)]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def scaled_batch(
+    seed: int,
+    groups: int,
+    rollouts: int,
+    vocab: int,
+    completion_tokens=COMPLETION_TOKENS,
+    prompts: list[list[int]] | None = None,
+):
+    """``fixed_batch`` of tests/scripts/learner_step.py with longer completions and, given
+    ``prompts``, those prompts (group g gets prompt g)."""
     import torch
 
     from broker.schemas import PackedArray, Rollout, RolloutGroup, ScoredGroup
@@ -34,6 +59,8 @@ def scaled_batch(seed: int, groups: int, rollouts: int, vocab: int, completion_t
     out = []
     for g in range(groups):
         prompt = torch.randint(3, vocab, (int(torch.randint(4, 9, (1,), generator=gen)),), generator=gen)
+        if prompts is not None:
+            prompt = torch.tensor(prompts[g])
         items = []
         for _ in range(rollouts):
             length = int(torch.randint(low, high + 1, (1,), generator=gen))
@@ -62,33 +89,38 @@ def _worker(out: str, warmup_steps: int, steps: int) -> None:
     from learner.policy import PolicyTrainer
     from pope.config import load_config
 
-    config = load_config(None, OVERRIDES)
-    trainer = PolicyTrainer(config, tiny_model_path())
+    config = load_config(str(CONFIG), OVERRIDES)
+    model_path = tiny_model_path()
+    trainer = PolicyTrainer(config, model_path)
     vocab = trainer.engine.module.config.vocab_size
-    batch = scaled_batch(1, config.learner.groups_per_step, config.actors.num_rollouts, vocab)
-    sequence_tokens = sum(
-        len(s.group.prompt_ids) + len(r.completion_ids) for s in batch for r in s.group.rollouts
-    )
+    groups = config.learner.groups_per_step
+    prompts = actor_prompts(config, model_path, groups)
+    batch = scaled_batch(1, groups, config.actors.num_rollouts, vocab, prompts=prompts)
     for _ in range(warmup_steps):
         trainer.train_step(batch)
-    step_s, fwd_bwd_s, optimizer_s, tokens = [], [], [], 0.0
+    step_s, fwd_bwd_s, optimizer_s = [], [], []
     for _ in range(steps):
         t0 = time.perf_counter()
         metrics = trainer.train_step(batch)
         step_s.append(time.perf_counter() - t0)
         fwd_bwd_s.append(metrics["forward_backward_s"])
         optimizer_s.append(metrics["optimizer_s"])
-        tokens = metrics["tokens_trained"]
     total_s = sum(step_s)
+    tokens, sequence_tokens, padded = (
+        metrics[k] for k in ("tokens_trained", "sequence_tokens", "padded_tokens")
+    )
     write_worker_result(out, {
-        "overrides": OVERRIDES, "torch_threads": config.learner.torch_threads,
+        "config": str(CONFIG.relative_to(ROOT)), "overrides": OVERRIDES,
+        "torch_threads": config.learner.torch_threads, "micro_batch_size": config.learner.micro_batch_size,
         "sequences_per_step": trainer.sequences_per_step, "grad_accum": trainer.grad_accum,
+        "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts),
         "completion_tokens_per_step": tokens, "sequence_tokens_per_step": sequence_tokens,
-        "warmup_steps": warmup_steps, "steps": steps,
+        "padded_tokens_per_step": padded, "warmup_steps": warmup_steps, "steps": steps,
         "step_s_mean": total_s / steps, "step_s_median": median(step_s),
         "forward_backward_s_median": median(fwd_bwd_s), "optimizer_s_median": median(optimizer_s),
         "tokens_per_s": tokens * steps / total_s,
         "sequence_tokens_per_s": sequence_tokens * steps / total_s,
+        "padded_tokens_per_s": padded * steps / total_s,
     })  # fmt: skip
 
 
@@ -96,7 +128,7 @@ def run(quick: bool = False) -> dict:
     from bench.common import run_worker
     from pope.config import load_config
 
-    threads = load_config(None, OVERRIDES).learner.torch_threads
+    threads = load_config(str(CONFIG), OVERRIDES).learner.torch_threads
     warmup, steps = (1, 3) if quick else (3, 50)
     env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}
     return run_worker("bench.learner", [str(warmup), str(steps)], env=env)

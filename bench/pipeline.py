@@ -10,7 +10,8 @@ DeepSpeed-CPU learner and the gloo weight broadcast, for a fixed number of learn
 ``train_loop_s`` is the launcher's time from the learner's first ``run`` call to its return
 (setup, the final probe and the shutdown are not in it). ``tokens_per_s`` counts trained
 completion tokens (``tokens_trained`` summed over the steps of metrics.jsonl) per second of the
-same loop. ``steady_completions_per_s`` leaves the first step out (start of the loop to the end of
+same loop; ``padded_tokens_trained`` sums the padded batches the learner computed on (the
+compute bound's training time, bench/derived.py). ``steady_completions_per_s`` leaves the first step out (start of the loop to the end of
 step 1: the buffer fills, the engines warm up): steps 2..N over the time between the ends of
 step 1 and step N. ``launcher_wall_s`` is the launcher's ``wall_s`` split (its own key:
 results.json's ``wall_s`` is the benchmark's); ``step_median`` has per-step medians from
@@ -47,6 +48,7 @@ def _worker(out: str, steps: int, config_path: str) -> None:
     loop_s = wall["train_loop_s"]
     completions = summary["groups_trained"] * config.actors.num_rollouts
     tokens = sum(m["tokens_trained"] for m in lines)
+    padded = sum(m["padded_tokens"] for m in lines)
     write_worker_result(out, {
         "config": str(Path(config_path).relative_to(ROOT)), "overrides": [*OVERRIDES, f"learner.steps={steps}"],
         "engine": config.actors.engine.type, "num_actors": config.actors.num_actors,
@@ -55,6 +57,7 @@ def _worker(out: str, steps: int, config_path: str) -> None:
         "steps": summary["steps"], "groups_trained": summary["groups_trained"],
         "groups_generated": summary["groups_generated"], "groups_lost": summary["groups_lost"],
         "completions_trained": completions, "completion_tokens_trained": tokens,
+        "padded_tokens_trained": padded, "sequence_tokens_trained": sum(m["sequence_tokens"] for m in lines),
         "train_loop_s": loop_s, "completions_per_s": completions / loop_s, "tokens_per_s": tokens / loop_s,
         "step_period_s": loop_s / summary["steps"],
         "steady_completions_per_s": (len(lines) - 1) * config.learner.groups_per_step

@@ -195,7 +195,12 @@ class PolicyTrainer:
             sequences=float(len(input_ids)),
             constant=cfg.loss_constant,
         )
-        rows = torch.arange(self.rank, len(input_ids), self.world_size)
+        # longest first, so each micro-batch holds sequences of similar length and is cut to its own
+        # longest one below (exact: padding is on the right, and masked out)
+        lengths = attention.sum(dim=1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        rows = order[self.rank :: self.world_size]
+        padded_tokens = 0
         aggregate = AGGREGATIONS[cfg.loss_aggregation]
         scale = self.grad_accum * self.world_size  # DeepSpeed divides by both
         sums = dict.fromkeys(
@@ -208,28 +213,33 @@ class PolicyTrainer:
         mb = cfg.micro_batch_size
         for k in range(self.grad_accum):
             idx = rows[k * mb : (k + 1) * mb]
-            if len(idx) == 0:
+            filler = len(idx) == 0
+            if filler:
                 idx = rows[:1]  # keep ranks in lock-step; a zero mask adds nothing
-                m = torch.zeros_like(mask[idx])
-            else:
-                m = mask[idx]
-            logits = self.engine(input_ids=input_ids[idx], attention_mask=attention[idx]).logits[:, :-1]
-            logp = token_logprobs(logits, targets[idx], temperature)
+            width = int(lengths[idx].max())
+            m = torch.zeros_like(mask[idx, : width - 1]) if filler else mask[idx, : width - 1]
+            ids, att = input_ids[idx, :width], attention[idx, :width]
+            tgt, beh, adv = (
+                targets[idx, : width - 1],
+                behaviour[idx, : width - 1],
+                advantages[idx, : width - 1],
+            )
+            padded_tokens += ids.numel()
+            logits = self.engine(input_ids=ids, attention_mask=att).logits[:, :-1]
+            logp = token_logprobs(logits, tgt, temperature)
             entropy = token_entropy(logits, temperature)
             logp_ref = None
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logits = self.reference(
-                        input_ids=input_ids[idx], attention_mask=attention[idx]
-                    ).logits[:, :-1]
-                    logp_ref = token_logprobs(ref_logits, targets[idx], temperature)
+                    ref_logits = self.reference(input_ids=ids, attention_mask=att).logits[:, :-1]
+                    logp_ref = token_logprobs(ref_logits, tgt, temperature)
             if cfg.importance == "tis":
                 logp_old = logp.detach()
-                is_weight = torch.clamp(torch.exp(logp_old - behaviour[idx]), max=cfg.tis_cap)
+                is_weight = torch.clamp(torch.exp(logp_old - beh), max=cfg.tis_cap)
             else:
-                logp_old, is_weight = behaviour[idx], None
+                logp_old, is_weight = beh, None
             terms = clipped_surrogate(
-                logp, logp_old, advantages[idx], m, cfg.eps_low, cfg.eps_high,
+                logp, logp_old, adv, m, cfg.eps_low, cfg.eps_high,
                 dual_clip=cfg.dual_clip, is_weight=is_weight, entropy=entropy, entropy_coef=cfg.entropy_coef,
                 logp_ref=logp_ref, kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
             )  # fmt: skip
@@ -242,13 +252,13 @@ class PolicyTrainer:
                 sums["loss"] += float(loss)
                 sums["clip_low"] += float(terms.clipped_low.sum())
                 sums["clip_high"] += float(terms.clipped_high.sum())
-                sums["ratio"] += float(torch.exp(logp.detach() - behaviour[idx]).mul(m).sum())
+                sums["ratio"] += float(torch.exp(logp.detach() - beh).mul(m).sum())
                 sums["entropy"] += float((entropy * m).sum())
-                sums["abs_logprob_diff"] += float(((logp.detach() - behaviour[idx]).abs() * m).sum())
+                sums["abs_logprob_diff"] += float(((logp.detach() - beh).abs() * m).sum())
                 sums["tokens"] += float(m.sum())
                 if terms.kl is not None:
                     sums["kl"] += float((terms.kl.detach() * m).sum())
-                is_weights.append(torch.exp(logp.detach() - behaviour[idx]).reshape(-1))
+                is_weights.append(torch.exp(logp.detach() - beh).reshape(-1))
                 is_masks.append(m.reshape(-1))
             if k < self.grad_accum - 1:
                 self.engine.step()  # DeepSpeed only updates at the accumulation boundary
@@ -280,6 +290,10 @@ class PolicyTrainer:
             "logprob_abs_diff_vs_behaviour": totals["abs_logprob_diff"] / tokens,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "tokens_trained": totals["tokens"],
+            "sequence_tokens": float(attention.sum()),  # prompt + completion, the step's whole batch
+            "padded_tokens": float(
+                self._all_reduce_sum(float(padded_tokens))
+            ),  # what the forward passes computed on
             "forward_backward_s": forward_backward_s,
             "optimizer_s": optimizer_s,
         }

@@ -102,7 +102,10 @@ def test_ray_job_submit_on_two_nodes(tmp_path):
         deadline = time.monotonic() + 180
         while True:
             job = run_cli(*submit, timeout=900)
-            if "No available agent to submit job" not in job.stderr + job.stdout or time.monotonic() > deadline:
+            if (
+                "No available agent to submit job" not in job.stderr + job.stdout
+                or time.monotonic() > deadline
+            ):
                 break
             time.sleep(3)
         assert job.returncode == 0, (job.stdout + job.stderr)[-5000:]

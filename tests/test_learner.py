@@ -72,3 +72,14 @@ def test_nonfinite_loss_skips_the_update(tmp_path, tiny_model_path, one_rank):
     assert got["steps"] == 2  # two updates: the NaN step did not count
     assert got["losses"][0] == one_rank["losses"][0]
     assert got["losses"][1] == pytest.approx(one_rank["losses"][1], rel=1e-6)
+
+
+def test_micro_batches_cut_to_their_own_length_match_one_micro_batch(tmp_path, tiny_model_path, one_rank):
+    """The learner sorts a step's sequences by length and cuts each micro-batch to its longest one
+    (one_rank: 4 micro-batches of 2, sequences of 6-14 tokens). One micro-batch of all 8 sequences,
+    padded to the step's longest, must give the same losses, grad norms and weights."""
+    whole = run_script(tmp_path, tiny_model_path, "whole", "learner.micro_batch_size=8", "--zero", "0")
+    assert whole["losses"] == pytest.approx(one_rank["losses"], rel=1e-5, abs=1e-7)
+    assert whole["grad_norms"] == pytest.approx(one_rank["grad_norms"], rel=1e-5)
+    assert whole["checksum"] == pytest.approx(one_rank["checksum"], rel=1e-6)
+    assert whole["sample"] == pytest.approx(one_rank["sample"], abs=1e-6)
