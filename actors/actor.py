@@ -70,6 +70,7 @@ class RolloutActor:
         self.stats = ActorStats()
         self._stop = threading.Event()
         self._calls: queue.Queue[_EngineCall] = queue.Queue()
+        self._call_posted = threading.Event()  # wakes the loop from its backpressure sleep
         self._serve_lock = threading.Lock()
         self._sequence = 0
         # a restarted actor (Ray max_restarts) starts a new incarnation: its group ids never repeat
@@ -137,6 +138,7 @@ class RolloutActor:
         and wait for it; with no loop running, run it here."""
         call = _EngineCall(fn, what)
         self._calls.put(call)
+        self._call_posted.set()
         if not self._running:
             self._serve_calls()
         if not call.done.wait(timeout_s):
@@ -225,7 +227,7 @@ class RolloutActor:
             while not self._stop.is_set():
                 self._serve_calls()
                 before = self.producer.wait_s
-                if not self.producer.wait_for_room(self._idle_tick):
+                if not self.producer.wait_for_room(self._idle_tick, sleep=self._sleep_until_call):
                     break
                 self.stats.backpressure_wait_s += self.producer.wait_s - before
                 self._serve_calls()
@@ -259,8 +261,16 @@ class RolloutActor:
         self._report_progress()  # alive, though waiting: the heartbeat is about liveness, not speed
         return self._stop.is_set()
 
+    def _sleep_until_call(self, seconds: float) -> None:
+        """The backpressure wait's sleep: ends early when a weight update (or another call) is
+        posted, so the learner, which waits for every actor to load, is not kept waiting for a
+        poll tick (up to 50 ms per step)."""
+        if self._call_posted.wait(seconds):
+            self._call_posted.clear()
+
     def stop(self) -> None:
         self._stop.set()
+        self._call_posted.set()
 
     def probe(self, prompt_ids: list[int], num_tokens: int) -> tuple[list[int], list[float]]:
         """Greedy tokens and logprobs of a fixed prompt: compares the engine's weights with the learner's."""

@@ -218,8 +218,16 @@ class Producer:
         self.maxlen = maxlen
         self.wait_s = 0.0  # total time spent waiting on backpressure
 
-    def wait_for_room(self, should_stop: Callable[[], bool] = lambda: False, poll_s: float = 0.05) -> bool:
-        """Block while the group's in-flight count is at the bound; False if asked to stop meanwhile."""
+    def wait_for_room(
+        self,
+        should_stop: Callable[[], bool] = lambda: False,
+        poll_s: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> bool:
+        """Block while the group's in-flight count is at the bound; False if asked to stop meanwhile.
+
+        Between checks it calls ``sleep(poll_s)``; a caller with other work to serve passes a sleep
+        that returns early when that work arrives (``should_stop`` then runs at once)."""
         if self.max_in_flight is None:
             return True
         start = time.monotonic()
@@ -227,7 +235,7 @@ class Producer:
             if should_stop():
                 self.wait_s += time.monotonic() - start
                 return False
-            time.sleep(poll_s)
+            sleep(poll_s)
         self.wait_s += time.monotonic() - start
         return True
 

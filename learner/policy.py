@@ -291,9 +291,7 @@ class PolicyTrainer:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "tokens_trained": totals["tokens"],
             "sequence_tokens": float(attention.sum()),  # prompt + completion, the step's whole batch
-            "padded_tokens": float(
-                self._all_reduce_sum(float(padded_tokens))
-            ),  # what the forward passes computed on
+            "padded_tokens": self._all_reduce_sum(float(padded_tokens)),  # what the forward passes saw
             "forward_backward_s": forward_backward_s,
             "optimizer_s": optimizer_s,
         }
