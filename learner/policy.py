@@ -100,13 +100,14 @@ def ds_config(cfg, sequences_per_step: int, world_size: int) -> dict:
 
 
 def init_distributed() -> None:
-    """One-rank default group when not launched by torchrun (DeepSpeed needs one)."""
+    """One-rank default group when not launched by torchrun (DeepSpeed needs one, and the rank
+    variables). A vLLM engine in the same process (bench/sync.py) may have made the group already."""
     import deepspeed
 
-    if dist.is_initialized():
-        return
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         os.environ.setdefault(key, value)
+    if dist.is_initialized():
+        return
     if "MASTER_PORT" not in os.environ:
         from broker.embedded import free_port
 
