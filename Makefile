@@ -27,9 +27,9 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 # bench: every benchmark in bench/ at full size (8 to 15 min on a busy 2-core machine), into bench/results.json;
-# TRL (the peer of bench/trl_peer.py) comes from the `bench` extra
+# TRL (the peer of bench/trl_peer.py) and matplotlib (bench/plots/) come from the `bench` extra
 bench: install
-	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
+	$(PY) -c "import trl, matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m bench.run
 
 clean:

@@ -113,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     headline = derive(json.loads(args.out.read_text()))
     _merge_write(args.out, headline)
     print(json.dumps({k: v for k, v in headline.items() if k != "derived"}, indent=2))
+    try:
+        from bench.plot import plot
+    except ImportError:
+        pass
+    else:
+        try:
+            for path in plot(json.loads(args.out.read_text()), args.out.parent / "plots"):
+                print(f"plot: {path}")
+        except ImportError:
+            print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')")
     print(f"results: {args.out}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

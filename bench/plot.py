@@ -1,0 +1,96 @@
+"""Plots of bench/results.json where a curve says more than a table.
+
+    python -m bench.plot [--results bench/results.json] [--out bench/plots]
+
+``broadcast.png``: seconds against MiB moved for pope's bucketed broadcast, the raw gloo
+broadcast of one warm buffer and the raw broadcast of a fresh buffer (log-log; the tiny model
+and the 16 / 64 / 256 MiB sets). ``step_time.png``: where one step's time goes in the pipeline
+(learner medians: forward/backward, optimizer, broadcast, the rest), the synchronous schedule
+(stage medians) and TRL (mean step), for the same 4 groups x 8 completions. ``make bench`` draws
+them after the benchmarks when matplotlib is installed (the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.run import RESULTS
+
+SIZES = ("tiny_model", "fp32_16mib", "fp32_64mib", "fp32_256mib")
+
+
+def plot(results: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    date = results.get("date", "")
+    broadcast = results.get("broadcast")
+    if broadcast:
+        sizes = [k for k in SIZES if k in broadcast]
+        mib = [broadcast[k]["mib"] for k in sizes]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for key, label in (("pope_s", "pope (bucketed, buffers kept)"), ("raw_s", "raw, warm buffer"),
+                           ("raw_fresh_s", "raw, fresh buffer")):  # fmt: skip
+            ax.plot(mib, [broadcast[k][key] for k in sizes], marker="o", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="MiB moved", ylabel="seconds (median)",
+               title=f"weight broadcast, gloo, 1 receiver\n{date}")  # fmt: skip
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        written.append(out / "broadcast.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    pipe, sync, trl = results.get("pipeline"), results.get("sync"), results.get("trl")
+    if pipe and sync and trl:
+        med = pipe["step_median"]
+        parts = {
+            "pipeline (learner's step)": [
+                ("forward/backward", med["forward_backward_s"]), ("optimizer", med["optimizer_s"]),
+                ("broadcast", med["broadcast_s"]),
+                ("rest", max(0.0, med["step_s"] - med["forward_backward_s"] - med["optimizer_s"] - med["broadcast_s"])),
+            ],
+            "synchronous": [(f"{k.removesuffix('_s')}", v) for k, v in sync["stage_median_s"].items()],
+            "TRL GRPOTrainer": [("step", trl["step_s_mean"])],
+        }  # fmt: skip
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        colors = {}
+        palette = plt.get_cmap("tab10")
+        for row, items in enumerate(parts.values()):
+            left = 0.0
+            for name, value in items:
+                color = colors.setdefault(name, palette(len(colors)))
+                ax.barh(
+                    row,
+                    value,
+                    left=left,
+                    color=color,
+                    label=name if name not in ax.get_legend_handles_labels()[1] else None,
+                )
+                left += value
+        ax.set_yticks(range(len(parts)), list(parts))
+        ax.invert_yaxis()
+        ax.set(
+            xlabel="seconds per step (medians; TRL: mean)",
+            title=f"one step of 4 groups x 8 completions\n{date}",
+        )
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.tight_layout()
+        written.append(out / "step_time.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS.parent / "plots")
+    args = parser.parse_args()
+    for path in plot(json.loads(args.results.read_text()), args.out):
+        print(path)
