@@ -187,12 +187,9 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         names[learner.__ray_ready__.remote()] = "learner"
         _wait_all(names, "starting")
 
-        def node_of(handle) -> str:
-            return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
-
-        placement = {m.name: node_of(m.handle) for m in pools.actors + pools.workers} | {
-            "learner": node_of(learner)
-        }
+        for m in pools.actors + pools.workers:
+            pools.record_node(m.name, m.handle)
+        pools.record_node("learner", learner)
 
         if resume:
             step = ray.get(learner.resume.remote())
@@ -245,7 +242,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         summary.update(upkeep.summary())
         summary["pool_sizes"] = pools.sizes
         summary["weight_sync_initial_max_abs_logprob_diff"] = initial_probe_diffs
-        summary["placement"] = placement
+        summary["placement"] = pools.placement  # every member the run had, resized ones included
         if metrics is not None:
             for report in control.poll():
                 metrics.observe(report)

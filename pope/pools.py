@@ -36,6 +36,7 @@ class Pools:
     actors: list[Member] = field(default_factory=list)
     workers: list[Member] = field(default_factory=list)
     finished_stats: dict = field(default_factory=dict)  # name -> stats of members already stopped
+    placement: dict = field(default_factory=dict)  # name -> Ray node id, of every member the run had
     all_handles: list = field(default_factory=list)
     _next_actor: int = 0
     _next_worker: int = 0
@@ -114,6 +115,13 @@ class Pools:
         self.all_handles.append(self.learner)
         return self.learner
 
+    def record_node(self, name: str, handle) -> None:
+        """Note the node ``name`` runs on (it must be up); a restart may move it: call again."""
+        import ray
+
+        get_node = lambda actor: ray.get_runtime_context().get_node_id()  # noqa: E731 (runs in the actor)
+        self.placement[name] = ray.get(handle.__ray_call__.remote(get_node))
+
     def loop_refs(self) -> dict:
         return {m.loop_ref: m.name for m in self.actors + self.workers if m.loop_ref is not None}
 
@@ -129,6 +137,7 @@ class Pools:
             while len(self.workers) < size:
                 member = self.new_worker()
                 wait_all({member.handle.__ray_ready__.remote(): member.name}, "starting")
+                self.record_node(member.name, member.handle)
                 member.loop_ref = member.handle.run.remote()
                 self.workers.append(member)
             while len(self.workers) > size:
@@ -138,6 +147,7 @@ class Pools:
         while len(self.actors) < size:
             member = self.new_actor()
             wait_all({member.handle.__ray_ready__.remote(): member.name}, "starting")
+            self.record_node(member.name, member.handle)
             self.actors.append(member)
             added.append(member)
         removed = []
@@ -173,6 +183,7 @@ class Pools:
                 time.sleep(0.5)
             except ray.exceptions.ActorDiedError as exc:
                 raise RuntimeError(f"{name} is gone for good (no restarts left?): {exc}") from exc
+        self.record_node(name, member.handle)
         if member in self.actors:
             ray.get(self.learner.regroup.remote([m.handle for m in self.actors]))
         member.loop_ref = member.handle.run.remote()

@@ -168,6 +168,8 @@ def test_scale_pools_while_training(tmp_path):
                 proc.kill()
     summary = json.loads((tmp_path / run_id / "summary.json").read_text())
     assert summary["pool_sizes"] == {"actors": 1, "preprocess": 2}
+    # every member the run had is placed, the added (and later removed) actor and worker included
+    assert set(summary["placement"]) == {"learner", "actor0", "actor1", "preprocess0", "preprocess1"}
     assert summary["groups_lost"] == 0 and summary["groups_duplicated"] == 0
     assert summary["groups_generated"] == summary["groups_trained"] + summary["groups_in_flight_at_stop"]
     # the added actor generated with the current weights, and its groups were trained
