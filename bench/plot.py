@@ -5,8 +5,9 @@
 ``broadcast.png``: seconds against MiB moved for pope's bucketed broadcast, the raw gloo
 broadcast of one warm buffer and the raw broadcast of a fresh buffer (log-log; the tiny model
 and the 16 / 64 / 256 MiB sets). ``step_time.png``: where one step's time goes in the pipeline
-(learner medians: forward/backward, optimizer, broadcast, the rest), the synchronous schedule
-(stage medians) and TRL (mean step), for the same 4 groups x 8 completions. ``make bench`` draws
+(the learner's totals over the loop per step: data wait, forward/backward, optimizer, broadcast,
+the rest), the synchronous schedule (stage totals per step) and TRL (its timed steps' mean), for
+the same 4 groups x 8 completions; means, so that the parts add up to the step. ``make bench`` draws
 them after the benchmarks when matplotlib is installed (the ``bench`` extra).
 """
 
@@ -48,16 +49,21 @@ def plot(results: dict, out: Path) -> list[Path]:
         plt.close(fig)
     pipe, sync, trl = results.get("pipeline"), results.get("sync"), results.get("trl")
     if pipe and sync and trl:
-        med = pipe["step_median"]
+        wall, steps = pipe["launcher_wall_s"], pipe["steps"]
+        split = [
+            ("data wait", wall["learner_data_wait_s"] / steps),
+            ("forward/backward", wall["learner_forward_backward_s"] / steps),
+            ("optimizer", wall["learner_optimizer_s"] / steps),
+            ("broadcast", wall["learner_broadcast_s"] / steps),
+        ]
+        rest = pipe["step_period_s"] - sum(v for _, v in split)
         parts = {
-            "pipeline (learner's step)": [
-                ("forward/backward", med["forward_backward_s"]), ("optimizer", med["optimizer_s"]),
-                ("broadcast", med["broadcast_s"]),
-                ("rest", max(0.0, med["step_s"] - med["forward_backward_s"] - med["optimizer_s"] - med["broadcast_s"])),
+            "pipeline (learner's step)": [*split, ("rest", max(0.0, rest))],
+            "synchronous": [
+                (k.removesuffix("_s"), v / sync["steps"]) for k, v in sync["stage_total_s"].items()
             ],
-            "synchronous": [(f"{k.removesuffix('_s')}", v) for k, v in sync["stage_median_s"].items()],
             "TRL GRPOTrainer": [("step", trl["step_s_mean"])],
-        }  # fmt: skip
+        }
         fig, ax = plt.subplots(figsize=(8, 3.2))
         colors = {}
         palette = plt.get_cmap("tab10")
@@ -76,7 +82,7 @@ def plot(results: dict, out: Path) -> list[Path]:
         ax.set_yticks(range(len(parts)), list(parts))
         ax.invert_yaxis()
         ax.set(
-            xlabel="seconds per step (medians; TRL: mean)",
+            xlabel="seconds per step (means over the timed steps)",
             title=f"one step of 4 groups x 8 completions\n{date}",
         )
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
