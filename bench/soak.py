@@ -1,13 +1,14 @@
 """Soak: a long CPU training run with each component's memory sampled, to find growth.
 
-    python -m bench.soak --minutes 60 [--config configs/demo_cpu_hf.yaml] [--out bench/soak.json]
+    python -m bench.soak --minutes 60 [--config configs/demo_cpu_hf.yaml] [--out bench/soak.json] [KEY=VALUE ...]
 
 Starts `pope train` with a step budget it cannot reach in time, samples the resident memory (RSS)
 of every process of the run every ``--every`` seconds, grouped by role (the Ray actor's title:
 RolloutActor, PreprocessWorker, Learner; the vLLM engine processes; redis-server; Ray's own
 daemons; the launcher), and after ``--minutes`` ends the run's processes (only those it started).
 Reports per role: RSS at 10% of the run (after warm-up), at the end, the max, and the least-squares
-slope in MiB per hour over the part after warm-up. Not a test: a benchmark for BENCHMARKS.md.
+slope in MiB per hour over the part after warm-up, and every sample (``series``). Not a test: a
+benchmark for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--config", default="configs/demo_cpu_hf.yaml")
     parser.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
+    parser.add_argument("overrides", nargs="*", help="config overrides passed to pope train (key=value)")
     args = parser.parse_args()
     import ctypes
 
@@ -82,7 +84,7 @@ def main() -> None:
     out_dir = ROOT / "runs" / "soak"
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     cmd = [str(Path(sys.executable).parent / "pope"), "train", "--config", args.config, "learner.steps=1000000",
-           f"run.output_dir={out_dir}", "metrics.port=0", "learner.checkpoint_every=50"]  # fmt: skip
+           f"run.output_dir={out_dir}", "metrics.port=0", "learner.checkpoint_every=50", *args.overrides]  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     log = open(out_dir / "soak.log", "w")  # noqa: SIM115 (closed at the end)
     start = time.monotonic()
@@ -118,10 +120,15 @@ def main() -> None:
             "rss_mib_max": round(max(v for _, v in points), 1),
             "slope_mib_per_hour": round(slope_per_hour([t for t, _ in points], [v for _, v in points]), 1),
         }
+    roles = sorted(report["roles"])
+    report["series"] = {  # every sample: seconds since start, MiB per role (None: no such process then)
+        "t_s": [round(t, 1) for t, _ in series],
+        **{role: [None if role not in s else round(s[role], 1) for _, s in series] for role in roles},
+    }
     metrics_files = sorted(out_dir.glob("*/metrics.jsonl"))
     report["learner_steps"] = len(metrics_files[-1].read_text().splitlines()) if metrics_files else 0
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "series"}, indent=2))
 
 
 if __name__ == "__main__":
