@@ -151,7 +151,8 @@ class VLLMEngineConfig(Section):
         "in processes of their own (vLLM's default), talking over shared memory that they busy-poll "
         "for 1 s after every message. False: both run inside the actor's process (vLLM's uni "
         "executor); on 2 CPU cores this made the demo pipeline 21% faster with the same samples "
-        "token for token (BENCHMARKS.md). Unset: False on CPU, True where the actor sees a GPU.",
+        "token for token, and its actors used less than half the memory (BENCHMARKS.md). Unset: "
+        "False on CPU, True where the actor sees a GPU.",
     )
 
 
