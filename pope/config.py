@@ -138,12 +138,12 @@ class VLLMEngineConfig(Section):
     cpu_omp_threads_bind: str = Field(
         "auto",
         min_length=1,
-        description="vLLM-CPU's VLLM_CPU_OMP_THREADS_BIND for this engine's worker. 'auto' (vLLM's "
-        "binding) pins the worker of every engine on a node to the same cores (all but the last, "
-        "reserved for its scheduler), so the engines of several actors share one core; 'nobind' "
-        "leaves its OpenMP threads (OMP_NUM_THREADS of the actor) to the OS, but in the demo it "
-        "halved the mean completion length (17 vs 30 tokens, 2 runs each; not understood, see "
-        "BENCHMARKS.md), so it is not the default; or core ids such as '0-3'. Unused on GPU.",
+        description="vLLM-CPU's VLLM_CPU_OMP_THREADS_BIND for this engine. 'auto' (vLLM's binding) "
+        "pins the engine of every actor on a node to the same cores (all but the last, reserved for "
+        "its scheduler), so the engines of several actors share one core; 'nobind' leaves its "
+        "OpenMP threads (OMP_NUM_THREADS of the actor) to the OS; or core ids such as '0-3'. The "
+        "samples are the same token for token under each (BENCHMARKS.md, run 4's attempts). "
+        "Unused on GPU.",
     )
     multiprocessing: bool | None = Field(
         None,
