@@ -119,8 +119,10 @@ class Pools:
         """Note the node ``name`` runs on (it must be up); a restart may move it: call again."""
         import ray
 
-        get_node = lambda actor: ray.get_runtime_context().get_node_id()  # noqa: E731 (runs in the actor)
-        self.placement[name] = ray.get(handle.__ray_call__.remote(get_node))
+        def node_id(actor) -> str:  # runs inside the actor
+            return ray.get_runtime_context().get_node_id()
+
+        self.placement[name] = ray.get(handle.__ray_call__.remote(node_id))
 
     def loop_refs(self) -> dict:
         return {m.loop_ref: m.name for m in self.actors + self.workers if m.loop_ref is not None}
