@@ -50,24 +50,11 @@ def main() -> None:
 
 
 def _child_names() -> list[str]:
-    """Command lines of this process's live child processes (Linux /proc; vLLM names its engine
-    processes there, e.g. "VLLM::EngineCore")."""
-    import os
+    """Command lines of this process's live children (vLLM names its engine processes there,
+    e.g. "VLLM::EngineCore")."""
+    import psutil
 
-    names = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid():
-            names.append(cmdline)
-    return names
+    return [" ".join(child.cmdline()) for child in psutil.Process().children()]
 
 
 if __name__ == "__main__":
