@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.engine import SamplingSettings, make_engine
+from actors.engine import SamplingSettings
+from actors.engines import make_engine
 from broker.schemas import PackedArray, Rollout, RolloutGroup
 from broker.streams import ControlChannel, Producer, ProgressReporter, connect, sampler_position
 from pope.config import PopeConfig
-from pope.problems import run_problems
+from pope.datasets import run_problems
 from pope.prompts import render_prompt, sample_prompts
-from pope.tiny_model import resolve_model_path
 from pope.weight_sync import TensorMeta
 
 
@@ -59,7 +59,6 @@ class RolloutActor:
         self.run_id = config.run.run_id
         self.actor_id = f"actor{actor_index}"
         self.actor_index = actor_index
-        model_path = str(resolve_model_path(model_path, config.model.cache_dir, config.run.seed))
         self.engine = make_engine(
             config.actors.engine, model_path, config.run.seed + actor_index, config.model.dtype
         )

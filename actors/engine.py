@@ -48,15 +48,3 @@ class GenerationEngine(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def make_engine(engine_config, model_path: str, seed: int, dtype: str) -> GenerationEngine:
-    if engine_config.type == "vllm":
-        from actors.vllm_engine import VLLMEngine
-
-        return VLLMEngine(engine_config, model_path, seed, dtype)
-    if engine_config.type == "hf":
-        from actors.hf_engine import HFEngine
-
-        return HFEngine(engine_config, model_path, seed, dtype)
-    raise ValueError(f"actors.engine.type {engine_config.type!r} is not an engine")

@@ -18,11 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / ".cache" / "pope"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results.json"  # make bench merges every benchmark into it
 
 
 def tiny_model_path() -> str:
     """The built-in tiny model's folder (built once into the cache, as the tests do)."""
-    from pope.tiny_model import resolve_model_path
+    from orchestrator.models import resolve_model_path
 
     return str(resolve_model_path("builtin:tiny-qwen2", CACHE_DIR, seed=0))
 

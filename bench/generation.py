@@ -23,7 +23,8 @@ MAX_NEW_TOKENS = 48
 def _worker(out: str, engine_type: str, calls: int) -> None:
     from transformers import AutoTokenizer
 
-    from actors.engine import SamplingSettings, make_engine
+    from actors.engine import SamplingSettings
+    from actors.engines import make_engine
     from bench.common import tiny_model_path, write_worker_result
     from pope.config import ActorsConfig, DataConfig, HFEngineConfig, VLLMEngineConfig
     from pope.problems import builtin_arithmetic

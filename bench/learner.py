@@ -31,7 +31,7 @@ def actor_prompts(config, model_path: str, count: int) -> list[list[int]]:
     """The first ``count`` prompts actor 0 of ``config`` would generate for, as token ids."""
     from transformers import AutoTokenizer
 
-    from pope.problems import run_problems
+    from pope.datasets import run_problems
     from pope.prompts import render_prompt, sample_prompts
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -1,4 +1,4 @@
-"""The whole pipeline end to end: ``pope.launcher.train`` on configs/demo_cpu.yaml.
+"""The whole pipeline end to end: ``orchestrator.launcher.train`` on configs/demo_cpu.yaml.
 
 Local Ray, an embedded redis-server, 2 vLLM-CPU actors, 1 preprocess worker (math-verify), the
 DeepSpeed-CPU learner and the gloo weight broadcast, for a fixed number of learner steps
@@ -36,8 +36,8 @@ STEP_KEYS = ("step_s", "data_wait_s", "forward_backward_s", "optimizer_s", "broa
 
 def _worker(out: str, steps: int, config_path: str) -> None:
     from bench.common import median, write_worker_result
+    from orchestrator.launcher import train
     from pope.config import load_config
-    from pope.launcher import train
 
     with tempfile.TemporaryDirectory(prefix="pope-bench-pipeline-") as tmp:
         overrides = [*OVERRIDES, f"learner.steps={steps}", f"run.output_dir={tmp}"]

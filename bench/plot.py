@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.run import RESULTS
+from bench.common import RESULTS
 
 SIZES = ("tiny_model", "fp32_16mib", "fp32_64mib", "fp32_256mib")
 

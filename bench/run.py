@@ -28,6 +28,8 @@ import time
 import traceback
 from pathlib import Path
 
+from bench.common import RESULTS
+
 # --only name -> (module, key in results.json)
 BENCHMARKS = {
     "broker": ("bench.broker", "broker"),
@@ -39,7 +41,6 @@ BENCHMARKS = {
     "sync": ("bench.sync", "sync"),
     "trl": ("bench.trl_peer", "trl"),
 }
-RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def _version(*distributions: str) -> str | None:

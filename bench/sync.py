@@ -64,13 +64,14 @@ def _broadcast(trainer, pool: ThreadPoolExecutor, group, engine, timeout_s: floa
 def _worker(out: str, steps: int, threads: int) -> None:
     from transformers import AutoTokenizer
 
-    from actors.engine import SamplingSettings, make_engine
+    from actors.engine import SamplingSettings
+    from actors.engines import make_engine
     from bench.common import median, tiny_model_path, write_worker_result
     from broker.embedded import free_port
     from broker.schemas import PackedArray, Rollout, RolloutGroup, ScoredGroup
     from learner.policy import PolicyTrainer
     from pope.config import load_config
-    from pope.problems import run_problems
+    from pope.datasets import run_problems
     from pope.prompts import render_prompt, sample_prompts
     from pope.weight_sync import make_group
     from preprocess.advantages import group_advantages

@@ -35,7 +35,7 @@ def _dataset(tokenizer, num_prompts: int):
 
     from bench.pipeline import CONFIG
     from pope.config import load_config
-    from pope.problems import run_problems
+    from pope.datasets import run_problems
     from pope.prompts import render_prompt, sample_prompts
 
     config = load_config(CONFIG)

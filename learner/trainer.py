@@ -20,7 +20,6 @@ from pathlib import Path
 from broker.schemas import ScoredGroup, StepReport, WeightsPublished
 from broker.streams import Consumer, ControlChannel, connect
 from learner.policy import PolicyTrainer
-from pope.tiny_model import resolve_model_path
 from pope.weight_sync import broadcast_tensors, checksum, make_group
 
 
@@ -52,7 +51,6 @@ class Learner:
         self.cfg = config.learner
         self.run_id = config.run.run_id
         self.run_dir = Path(run_dir)
-        model_path = str(resolve_model_path(model_path, config.model.cache_dir, config.run.seed))
         self.policy = PolicyTrainer(config, model_path)
         self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         self.consumer = Consumer(self.client, self.run_id, "train", "learner0")

@@ -356,7 +356,7 @@ class MetricsConfig(Section):
 
 
 class AutoscaleConfig(Section):
-    """Resize the pools from the buffer's fill (pope.autoscale): off by default."""
+    """Resize the pools from the buffer's fill (orchestrator.autoscale): off by default."""
 
     enabled: bool = Field(False, description="Let the launcher resize the actor and preprocess pools.")
     min_actors: int = Field(1, ge=1, description="The actor pool never shrinks below this.")

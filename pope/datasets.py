@@ -59,7 +59,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pope.problems import Problem
+from pope.problems import Problem, builtin_arithmetic
 from pope.units import split_units
 
 NUM_REASONS_IN_ERROR = 5
@@ -540,3 +540,34 @@ def format_report(report: LoadReport, max_bad_fraction: float) -> str:
         f"bad_fraction={report.bad_fraction:.4f} max_bad_fraction={max_bad_fraction:g} {verdict}"
     )
     return "\n".join(lines)
+
+
+def load_problems(
+    source: str, num_problems: int, seed: int, fields, max_bad_fraction: float = 0.1
+) -> list[Problem]:
+    """The run's problems: the built-in set, or a JSONL/Parquet file or Hugging Face dataset
+    (``hf:ORG/NAME[:CONFIG][:SPLIT]``) validated row by row."""
+    if source == "builtin:arithmetic":
+        return builtin_arithmetic(num_problems, seed)
+    if source == "builtin:arithmetic-easy":  # one operation: the tiny model's easy set
+        return [
+            Problem(
+                p.problem_id.replace("arith", "easy"),
+                p.problem,
+                p.answer,
+                p.solution_steps,
+                "builtin:arithmetic-easy",
+            )
+            for p in builtin_arithmetic(num_problems, seed + 1, min_ops=1, max_ops=1)
+        ]
+    if not source.startswith("hf:") and not Path(source).is_file():
+        raise ValueError(f"data.source {source!r}: not builtin:..., not hf:ORG/NAME and not an existing file")
+    problems, _report = load_source(source, fields, max_bad_fraction)
+    return problems
+
+
+def run_problems(data, seed: int, easy: bool = False) -> list[Problem]:
+    """The hard (or, with ``easy``, the easy) problems a run's ``DataConfig`` names."""
+    fields = FieldMap(data.problem_field, data.answer_field, data.solution_field, data.id_field)
+    source = data.easy_source if easy else data.source
+    return load_problems(source, data.num_problems, seed, fields, data.max_bad_fraction)

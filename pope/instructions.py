@@ -13,4 +13,11 @@ INSTRUCTIONS: dict[str, dict[str, str]] = {
         # where the prefix sits in the user turn (prefix_placement=user_end), this header precedes it
         "prefix_header": "\n\nBeginning of a solution:\n",
     },
+    # one instruction for guided and unguided prompts: a guided prompt is the unguided prompt plus the
+    # oracle prefix at the start of the assistant turn, nothing else (the v2 testbed's principle 1)
+    "pope-same-v1": {
+        "unguided": "Solve the problem. Put the final answer in \\boxed{}.",
+        "guided": "Solve the problem. Put the final answer in \\boxed{}.",
+        "prefix_header": "\n\nBeginning of a solution:\n",
+    },
 }

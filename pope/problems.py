@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -62,38 +61,3 @@ def arithmetic_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
 def builtin_arithmetic(num_problems: int, seed: int, min_ops: int = 2, max_ops: int = 4) -> list[Problem]:
     rng = random.Random(seed)
     return [arithmetic_problem(rng, i, num_ops=rng.randint(min_ops, max_ops)) for i in range(num_problems)]
-
-
-def load_problems(
-    source: str, num_problems: int, seed: int, fields, max_bad_fraction: float = 0.1
-) -> list[Problem]:
-    """The run's problems: the built-in set, or a JSONL/Parquet file or Hugging Face dataset
-    (``hf:ORG/NAME[:CONFIG][:SPLIT]``) validated row by row."""
-    if source == "builtin:arithmetic":
-        return builtin_arithmetic(num_problems, seed)
-    if source == "builtin:arithmetic-easy":  # one operation: the tiny model's easy set
-        return [
-            Problem(
-                p.problem_id.replace("arith", "easy"),
-                p.problem,
-                p.answer,
-                p.solution_steps,
-                "builtin:arithmetic-easy",
-            )
-            for p in builtin_arithmetic(num_problems, seed + 1, min_ops=1, max_ops=1)
-        ]
-    from pope.datasets import load_source
-
-    if not source.startswith("hf:") and not Path(source).is_file():
-        raise ValueError(f"data.source {source!r}: not builtin:..., not hf:ORG/NAME and not an existing file")
-    problems, _report = load_source(source, fields, max_bad_fraction)
-    return problems
-
-
-def run_problems(data, seed: int, easy: bool = False) -> list[Problem]:
-    """The hard (or, with ``easy``, the easy) problems a run's ``DataConfig`` names."""
-    from pope.datasets import FieldMap
-
-    fields = FieldMap(data.problem_field, data.answer_field, data.solution_field, data.id_field)
-    source = data.easy_source if easy else data.source
-    return load_problems(source, data.num_problems, seed, fields, data.max_bad_fraction)

@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from experiments.testbed_v1 import resolve_testbed_model
     from pope.config import load_config
     from pope.datasets import FieldMap, load_file
-    from pope.testbed import resolve_testbed_model
 
     runs = Path(args.runs)
     hard = load_file(runs / "data" / "hard.prefixes.jsonl", FieldMap(id="id"))[0]

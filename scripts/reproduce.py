@@ -1,9 +1,9 @@
 """``make reproduce``: issue D's testbed experiments end to end, written up in RESULTS.md.
 
-    splits + base model (pope.testbed) ──> filter-hard (k=16) ──> find-prefixes (n=8)
+    splits + base model (experiments.testbed_v1) ──> filter-hard (k=16) ──> find-prefixes (n=8)
         ──> base-model properties, correct guided traces for the SFT baseline
-        ──> every experiment x seed through pope.launcher.train (configs/testbed/*.yaml)
-        ──> each final checkpoint evaluated unguided on the hard split (pope.method.evaluate), plus
+        ──> every experiment x seed through orchestrator.launcher.train (configs/testbed/*.yaml)
+        ──> each final checkpoint evaluated unguided on the hard split (orchestrator.method.evaluate), plus
             diagnostics (guided / no prefix / prefix without the guided instruction)
         ──> RESULTS.md (tables, timings, machine) and results/*.png (curves over training steps)
 
@@ -84,10 +84,10 @@ def rates(results, n: int) -> dict:
 
 
 def diagnose(pool, hard, easy, config, out_dir: Path, n_eval: int, n_diag: int) -> dict:
-    """Unguided pass@1 / pass@8 (pope.method.evaluate) and the same problems under three other
+    """Unguided pass@1 / pass@8 (orchestrator.method.evaluate) and the same problems under three other
     conditions: guided instruction + prefix i*(x) (POPE's training prompts), guided instruction
     without a prefix, and the prefix under the unguided instruction; and the easy split unguided."""
-    from pope.method import evaluate, sample_counts
+    from orchestrator.method import evaluate, sample_counts
     from pope.prompts import PromptSpec
 
     table = evaluate(pool, {"hard": hard}, config, n_eval, [1, n_eval], out_dir)["hard"]["pass_at_k"]
@@ -129,7 +129,7 @@ def sft(base: Path, traces: list[tuple[str, str]], out_dir: Path, seed: int, epo
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pope.testbed import train_step
+    from experiments.testbed_v1 import train_step
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -253,7 +253,7 @@ def report(state: dict, results: dict, plots: list[Path], path: Path) -> None:
         f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in state['timings'].items() if k != 'total_s')}).  ",
         f"Seeds {state['seeds']}, {state['steps']} learner steps per run, base model `{state['model']}`.",
         "",
-        "## Base model (pope.testbed, measured through the actor pool, HF engine, temperature 1)",
+        "## Base model (experiments.testbed_v1, measured through the actor pool, HF engine, temperature 1)",
         "",
         "| measurement | value |",
         "|---|---|",
@@ -351,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
-    from pope import method, testbed
+    from experiments import testbed_v1 as testbed
+    from orchestrator import method
+    from orchestrator.launcher import ComponentFailed, _start_ray, train
+    from orchestrator.pool import GenerationPool
     from pope.config import load_config
-    from pope.launcher import ComponentFailed, _start_ray, train
-    from pope.pool import GenerationPool
 
     t_start = time.monotonic()
     timings: dict[str, float] = {}

@@ -42,6 +42,6 @@ def redis_client(redis_server):
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    from pope.tiny_model import resolve_model_path
+    from orchestrator.models import resolve_model_path
 
     return str(resolve_model_path("builtin:tiny-qwen2", ROOT / ".cache" / "pope", seed=0))

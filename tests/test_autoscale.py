@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pope.autoscale import Decision, LagAutoscaler
+from orchestrator.autoscale import Decision, LagAutoscaler
 from pope.config import AutoscaleConfig, ConfigError, load_config
 
 CFG = AutoscaleConfig(enabled=True, min_actors=1, max_actors=3, max_workers=2, window_s=10, cooldown_s=20)
@@ -97,7 +97,7 @@ def test_launcher_grows_a_starved_actor_pool(tmp_path):
     second actor, which joins the weight group (whether it also writes a group
     before the learner's last step depends on the machine's speed: not asserted; tests/test_cluster.py
     checks that a resized pool's new actor trains)."""
-    from pope.launcher import train
+    from orchestrator.launcher import train
     from tests.conftest import become_subreaper
 
     become_subreaper()

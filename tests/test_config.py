@@ -77,7 +77,10 @@ def test_run_id_generated_and_valid():
 
 def test_schema_cli_prints_json_schema():
     out = subprocess.run(
-        [sys.executable, "-m", "pope.cli", "config", "--schema"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "orchestrator.cli", "config", "--schema"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     schema = json.loads(out.stdout)
     assert "learner" in schema["properties"]

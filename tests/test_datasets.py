@@ -69,7 +69,7 @@ def checker():
 
 
 def _run_cli(*args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "pope.cli", "data", "validate", *args]
+    command = [sys.executable, "-m", "orchestrator.cli", "data", "validate", *args]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pope import method
+from orchestrator import method
 from pope.config import load_config
 from pope.datasets import FieldMap, load_file
 from pope.problems import builtin_arithmetic
@@ -27,7 +27,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def pool(config, tiny_model_path):
-    from pope.pool import GenerationPool
+    from orchestrator.pool import GenerationPool
 
     with GenerationPool(config, tiny_model_path) as p:
         yield p

@@ -36,7 +36,7 @@ def _wait_no_leftovers(since: float, exclude: set[int], grace_s: float = 30.0) -
 
 
 def run_pipeline(tmp_path: Path, engine: str, redis_url: str | None) -> tuple[dict, Path]:
-    from pope.launcher import train
+    from orchestrator.launcher import train
 
     overrides = [
         f"run.output_dir={tmp_path}",

@@ -32,7 +32,7 @@ def _need_wheel() -> None:
 @pytest.fixture(scope="module")
 def smollm2_path() -> Path:
     _need_wheel()
-    from pope.tiny_model import resolve_model_path
+    from orchestrator.models import resolve_model_path
 
     return resolve_model_path("builtin:smollm2-135m-instruct", ROOT / ".cache" / "pope")
 
@@ -82,7 +82,7 @@ def test_conversion_matches_the_gguf(smollm2_path):
     from gguf.quants import dequantize
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pope.smollm2 import gguf_path, load_gguf
+    from pope.models.smollm2 import gguf_path, load_gguf
 
     config = json.loads((smollm2_path / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
@@ -123,7 +123,7 @@ def test_smollm2_pipeline(smollm2_path, tmp_path, redis_server, redis_client):
 
     from broker.schemas import ScoredGroup
     from broker.streams import read_all
-    from pope.launcher import train
+    from orchestrator.launcher import train
 
     overrides = [
         f"run.output_dir={tmp_path}",

@@ -116,7 +116,7 @@ def test_every_real_solution_joins_back_and_no_boundary_is_inside_math():
 
 @pytest.fixture(scope="module")
 def byte_level_tokenizer():
-    from pope.tiny_model import build_tokenizer
+    from pope.models.tiny import build_tokenizer
 
     return build_tokenizer([text for _, _, text in _solutions()])
 
@@ -143,7 +143,7 @@ def test_token_units_are_the_tokens_on_ascii_text(byte_level_tokenizer):
 
 
 def test_token_units_of_multibyte_characters_merge():
-    from pope.tiny_model import build_tokenizer
+    from pope.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(["abc abc"])  # never saw "≥": its three bytes are three tokens
     text = "a ≥ b"

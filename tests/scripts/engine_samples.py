@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from actors.engine import SamplingSettings, make_engine
+from actors.engine import SamplingSettings
+from actors.engines import make_engine
 from pope.config import VLLMEngineConfig
 
 

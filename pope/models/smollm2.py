@@ -73,7 +73,7 @@ def convert(out_dir: Path, path: Path | None = None) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pope.tiny_model import save_model_folder
+    from pope.models.tiny import save_model_folder
 
     path = path or gguf_path()
     source, tokenizer = load_gguf(path)

@@ -15,7 +15,7 @@ Invariants: every state of a problem's chain is distinct (so a truncated chain n
 answer by accident); the solution splits into ``difficulty + 1`` units with ``pope.units``; eval
 splits draw their starts from a reserved quarter of the start space that pretraining never uses.
 
-The base model (``build_testbed_model``, ``python -m pope.testbed build``): the tiny model's
+The base model (``build_testbed_model``, ``python -m experiments.testbed_v1 build``): the tiny model's
 tokenizer builder and chat template, a 2-layer Qwen2, trained from scratch (seeded) on documents
 rendered exactly as the pipeline renders prompts (``pope.prompts.render_prompt``):
 
@@ -215,7 +215,7 @@ def _tokenizer(seed: int):
     """The tiny model's BPE builder, trained on texts with the digits removed: every digit stays one
     token, so a state is always four tokens (no merges across digits)."""
     from pope.config import DataConfig
-    from pope.tiny_model import CHAT_TEMPLATE, build_tokenizer
+    from pope.models.tiny import CHAT_TEMPLATE, build_tokenizer
 
     rng = random.Random(f"testbed-tokenizer-{seed}")
     texts = []
@@ -292,7 +292,7 @@ def build_testbed_model(out_dir: Path, spec: dict | None = None, seed: int = 0, 
     """Build the base model folder at ``out_dir`` (kept if another process built it first)."""
     import torch
 
-    from pope.tiny_model import new_qwen2, save_model_folder
+    from pope.models.tiny import new_qwen2, save_model_folder
 
     spec = dict(spec or TESTBED_SPEC)
     threads = torch.get_num_threads()
@@ -330,7 +330,9 @@ def link_current(model: Path, cache_dir: Path = Path(".cache/pope")) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pope.testbed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.testbed_v1", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build (or find cached) the base model; prints its folder")
     build.add_argument("--cache-dir", default=".cache/pope")

@@ -38,12 +38,12 @@ from broker.streams import (
     trim_acknowledged,
     unacked_ids,
 )
-from pope.autoscale import LagAutoscaler
+from orchestrator.autoscale import LagAutoscaler
+from orchestrator.metrics import RunMetrics
+from orchestrator.models import resolve_model_path
+from orchestrator.pools import Pools
 from pope.config import PopeConfig, dump_config
-from pope.metrics import RunMetrics
-from pope.pools import Pools
-from pope.problems import run_problems
-from pope.tiny_model import resolve_model_path
+from pope.datasets import run_problems
 
 PROBE_TOKENS = 8
 
@@ -174,8 +174,8 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         started_ray = _start_ray(config)
         if started_ray:
             stack.callback(ray.shutdown)
-        # components resolve the model themselves: a built-in model is built (or found cached) on each node
-        pools = Pools(config, config.model.path, redis_url, _process_env(config, 1))
+        # resolved once, here: every component gets this folder (on a cluster, a path every node sees)
+        pools = Pools(config, model_path, redis_url, _process_env(config, 1))
         stack.callback(_kill_all, pools.all_handles)
         _write_connection(run_dir, run_id, redis_url)
 

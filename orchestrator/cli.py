@@ -11,7 +11,7 @@ from pope.config import ConfigError, config_schema, dump_config, load_config
 
 
 def _train(args) -> int:
-    from pope.launcher import ComponentFailed, train
+    from orchestrator.launcher import ComponentFailed, train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -99,9 +99,9 @@ def _load_inputs(config, paths: list[str]):
 
 def _method(args) -> int:
     """filter-hard, find-prefixes, eval: one pool of actors, the config's model and engine."""
-    from pope import method
-    from pope.pool import GenerationPool
-    from pope.tiny_model import resolve_model_path
+    from orchestrator import method
+    from orchestrator.models import resolve_model_path
+    from orchestrator.pool import GenerationPool
 
     config = load_config(args.config, args.overrides).with_run_id()
     inputs = _load_inputs(config, args.input)

