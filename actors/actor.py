@@ -4,9 +4,14 @@
                  ^                                                   (backpressure by lag)
                  └── between engine calls: pending weight update? receive + load, version += 1
 
-``RolloutActor`` is a plain class (tested without Ray); ``RayRolloutActor`` hosts it. The loop and
-the weight load run on one thread, so generation is paused while weights load; the learner's
-``update_weights`` call (another Ray thread) only hands the request over and waits for it.
+``RolloutActor`` is a plain class (tested without Ray, tests/test_components.py); the launcher hosts it
+in a Ray actor. The loop and the weight load run on one thread, so generation is paused while
+weights load; the learner's ``update_weights`` call (another Ray thread) only hands the request
+over and waits for it.
+
+Which prompt comes next is the run's one sampler (pope/prompts.py ``PromptSchedule``): the actor
+claims the next ``prompts_per_call`` positions from a Redis counter, so actors own no shard of the
+problems; a restarted actor first asks the positions it had claimed and not written.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from typing import Any
 from actors.engine import SamplingSettings
 from actors.engines import make_engine
 from broker.schemas import PackedArray, Rollout, RolloutGroup
-from broker.streams import ControlChannel, Producer, ProgressReporter, connect, sampler_position
+from broker.streams import ControlChannel, PositionClaims, Producer, ProgressReporter, connect
 from pope.config import PopeConfig
-from pope.datasets import run_problems
-from pope.prompts import render_prompt, sample_prompts
+from pope.models.folder import ModelFolder, local_folder
+from pope.problems import Problem
+from pope.prompts import PromptSchedule, render_prompt, request_seed
 from pope.weight_sync import TensorMeta
 
 
@@ -53,12 +59,23 @@ class _EngineCall:
 
 
 class RolloutActor:
-    def __init__(self, config: PopeConfig, actor_index: int, model_path: str, redis_url: str | None):
-        """``redis_url`` None: a generation-only actor (the pool of filter-hard, find-prefixes, eval)."""
+    def __init__(
+        self,
+        config: PopeConfig,
+        actor_index: int,
+        model_path: str | ModelFolder,
+        redis_url: str | None,
+        problems: list[Problem] | None = None,
+        easy: list[Problem] | None = None,
+    ):
+        """``model_path``: the model folder the launcher resolved. ``problems`` (and ``easy``): the
+        run's validated problems, loaded once by the launcher. ``redis_url`` None: a generation-only
+        actor (the pool of filter-hard, find-prefixes, eval), which needs no problems."""
         self.config = config
         self.run_id = config.run.run_id
         self.actor_id = f"actor{actor_index}"
         self.actor_index = actor_index
+        model_path = local_folder(model_path, config.model.cache_dir)
         self.engine = make_engine(
             config.actors.engine, model_path, config.run.seed + actor_index, config.model.dtype
         )
@@ -71,12 +88,13 @@ class RolloutActor:
         self._calls: queue.Queue[_EngineCall] = queue.Queue()
         self._call_posted = threading.Event()  # wakes the loop from its backpressure sleep
         self._serve_lock = threading.Lock()
-        self._sequence = 0
         # a restarted actor (Ray max_restarts) starts a new incarnation: its group ids never repeat
         self.incarnation = secrets.token_hex(3)
         self.client = None
         if redis_url is None:
             return
+        if not problems:
+            raise ValueError(f"{self.actor_id}: a training actor needs the run's problems")
         self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         self.progress = ProgressReporter(
             ControlChannel(self.client, self.run_id), self.actor_id, config.metrics.progress_interval_s
@@ -88,21 +106,20 @@ class RolloutActor:
             max_in_flight=config.broker.max_groups_in_flight,
             maxlen=config.broker.emergency_maxlen,
         )
-        data = config.data
-        problems = run_problems(data, config.run.seed)
-        easy = (
-            run_problems(data, config.run.seed, easy=True)
-            if data.mix in ("hard_easy", "guided_easy")
-            else None
+        self.schedule = PromptSchedule(
+            problems, config.data, config.run.seed, config.learner.groups_per_step, easy
         )
-        self.prompts = sample_prompts(
-            problems, data, config.run.seed, actor_index, config.actors.num_actors, easy
-        )
-        # a restarted (or resumed) actor skips the prompts whose groups are already in the stream:
-        # the ones it was generating when it died come first; group ids carry the prompt's position
-        self._sequence = sampler_position(self.client, self.run_id, self.actor_id)
-        for _ in range(self._sequence):
-            next(self.prompts)
+        self.claims = PositionClaims(self.client, self.run_id)
+        # a restarted (or resumed) actor first asks what it had claimed and not written
+        self._redo = list(self.claims.unfinished(self.actor_id))
+
+    def policy_version(self) -> int:
+        """The weight version the engine holds."""
+        return self.version
+
+    def encode(self, text: str) -> list[int]:
+        """``text`` in the engine's tokens (no special tokens added)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # -- weights -------------------------------------------------------------------------------
     def init_weight_group(
@@ -165,18 +182,27 @@ class RolloutActor:
     # -- generation ------------------------------------------------------------------------------
     _running = False
 
+    def _next_positions(self) -> list[int]:
+        """The unwritten positions of a claim made before a restart (alone: the sampler hash keeps one
+        claim per producer, so a call never mixes them with a new claim), else a new claim."""
+        n = self.config.actors.prompts_per_call
+        if self._redo:
+            positions, self._redo = self._redo[:n], self._redo[n:]
+            return positions
+        return list(self.claims.claim(self.actor_id, n))
+
     def generate_once(self) -> list[RolloutGroup]:
-        """One engine call: ``prompts_per_call`` prompts, G rollouts each, written to the stream."""
+        """One engine call: ``prompts_per_call`` prompts, G rollouts each, one seed per request."""
         cfg = self.config.actors
-        specs = [next(self.prompts) for _ in range(cfg.prompts_per_call)]
+        specs = [self.schedule.at(position) for position in self._next_positions()]
         texts = [render_prompt(self.tokenizer, spec, self.config.data) for spec in specs]
-        prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        prompt_ids = [self.encode(t) for t in texts]
         settings = SamplingSettings(
             num_rollouts=cfg.num_rollouts,
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            seed=self.config.run.seed * 7_919 + self.actor_index * 104_729 + self._sequence,
+            seeds=tuple(request_seed(self.config.run.seed, s.position, cfg.num_rollouts) for s in specs),
         )
         version = self.version
         start = time.monotonic()
@@ -184,12 +210,7 @@ class RolloutActor:
         elapsed = time.monotonic() - start
         self.stats.generate_s += elapsed
         groups = []
-        for spec, ids, group_samples in zip(specs, prompt_ids, samples, strict=True):
-            prefix_tokens = 0
-            if spec.prefix_units:
-                prefix_tokens = len(
-                    self.tokenizer(spec.prefix_text + " ", add_special_tokens=False)["input_ids"]
-                )
+        for spec, ids, seed, group_samples in zip(specs, prompt_ids, settings.seeds, samples, strict=True):
             rollouts = [
                 Rollout(
                     completion_ids=PackedArray.of(s.token_ids, "int32"),
@@ -201,21 +222,25 @@ class RolloutActor:
             ]
             group = RolloutGroup(
                 run_id=self.run_id,
-                group_id=f"{self.actor_id}-{self.incarnation}-{self._sequence:07d}",
+                group_id=f"{self.actor_id}-{self.incarnation}-{spec.position:07d}",
                 problem_id=spec.problem.problem_id,
                 variant=spec.variant,
+                position=spec.position,
+                pair=spec.pair,
+                seed=seed,
                 prefix_units=spec.prefix_units,
-                prefix_tokens=prefix_tokens,
+                prefix_tokens=len(self.encode(spec.prefix_text)) if spec.prefix_units else 0,
                 answer=spec.problem.answer,
                 prompt_ids=PackedArray.of(ids, "int32"),
                 rollouts=rollouts,
+                temperature=cfg.temperature,
+                max_new_tokens=cfg.max_new_tokens,
                 policy_version_start=version,
                 policy_version_end=self.version,
                 actor_id=self.actor_id,
                 sampled_at=time.time(),
                 generate_s=elapsed,
             )
-            self._sequence += 1
             groups.append(group)
         return groups
 
@@ -231,7 +256,7 @@ class RolloutActor:
                 self.stats.backpressure_wait_s += self.producer.wait_s - before
                 self._serve_calls()
                 for group in self.generate_once():
-                    self.producer.put(group, (self.actor_id, int(group.group_id.rsplit("-", 1)[1]) + 1))
+                    self.producer.put(group, (self.actor_id, group.position + 1))
                     self.stats.groups_produced += 1
                     self.stats.completions += len(group.rollouts)
                     self.stats.completion_tokens += sum(len(r.completion_ids) for r in group.rollouts)
@@ -276,12 +301,13 @@ class RolloutActor:
         return self.engine.greedy_logprobs(prompt_ids, num_tokens)
 
     def sample_texts(
-        self, prompts: list[str], num_samples: int, max_new_tokens: int, seed: int
+        self, prompts: list[str], num_samples: int, max_new_tokens: int, seeds: list[int]
     ) -> list[list[tuple[str, int]]]:
-        """Generation only: for each prompt text, ``num_samples`` (completion text, token count)."""
+        """Generation only: for each prompt text (and its own seed), ``num_samples`` (completion
+        text, token count)."""
         cfg = self.config.actors
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        settings = SamplingSettings(num_samples, max_new_tokens, cfg.temperature, cfg.top_p, seed)
+        ids = [self.encode(p) for p in prompts]
+        settings = SamplingSettings(num_samples, max_new_tokens, cfg.temperature, cfg.top_p, tuple(seeds))
         start = time.monotonic()
         samples = self.engine.generate(ids, settings)
         self.stats.generate_s += time.monotonic() - start

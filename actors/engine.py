@@ -27,7 +27,12 @@ class SamplingSettings:
     max_new_tokens: int
     temperature: float
     top_p: float
-    seed: int
+    seeds: tuple[int, ...]  # one per prompt: rollout i of prompt j samples with seeds[j] + i
+
+    def seed_of(self, index: int, num_prompts: int) -> int:
+        if len(self.seeds) != num_prompts:
+            raise ValueError(f"{len(self.seeds)} seeds for {num_prompts} prompts: give one per prompt")
+        return self.seeds[index]
 
 
 class GenerationEngine(Protocol):

@@ -24,11 +24,11 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Sample]]:
-        torch.manual_seed(settings.seed)
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id
         results = []
-        for prompt in prompts:
+        for index, prompt in enumerate(prompts):
+            torch.manual_seed(settings.seed_of(index, len(prompts)))  # each prompt its own stream
             input_ids = torch.tensor([prompt] * settings.num_rollouts)
             out = self.model.generate(
                 input_ids=input_ids,

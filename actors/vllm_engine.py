@@ -108,14 +108,19 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=settings.num_rollouts,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_tokens=settings.max_new_tokens,
-            logprobs=0,  # the sampled token's own logprob
-            seed=settings.seed,
-        )
+        # one SamplingParams per prompt: vLLM gives child i of a request seed + i, so one shared seed
+        # would make every prompt of the call draw the same random streams
+        params = [
+            SamplingParams(
+                n=settings.num_rollouts,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_new_tokens,
+                logprobs=0,  # the sampled token's own logprob
+                seed=settings.seed_of(index, len(prompts)),
+            )
+            for index in range(len(prompts))
+        ]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         results = []
         for request in outputs:

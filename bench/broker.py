@@ -42,7 +42,7 @@ def make_group(run_id: str, index: int, completion_tokens: int, seed: int = 0) -
     return RolloutGroup(
         run_id=run_id, group_id=f"bench-{index}", problem_id=f"p{index}", variant="unguided",
         answer="42", prompt_ids=PackedArray.of(rng.integers(0, VOCAB, PROMPT_TOKENS), "int32"),
-        rollouts=rollouts, policy_version_start=0, policy_version_end=0, actor_id="bench",
+        rollouts=rollouts, temperature=1.0, max_new_tokens=64, policy_version_start=0, policy_version_end=0, actor_id="bench",
         sampled_at=time.time(), generate_s=0.0,
     )  # fmt: skip
 

@@ -45,7 +45,13 @@ def _worker(out: str, engine_type: str, calls: int) -> None:
     elapsed_s = 0.0
     for call in range(calls + 1):
         batch = prompts[call * prompts_per_call : (call + 1) * prompts_per_call]
-        settings = SamplingSettings(NUM_ROLLOUTS, MAX_NEW_TOKENS, temperature=1.0, top_p=1.0, seed=call)
+        settings = SamplingSettings(
+            NUM_ROLLOUTS,
+            MAX_NEW_TOKENS,
+            1.0,
+            1.0,
+            tuple((call * len(batch) + j) * NUM_ROLLOUTS for j in range(len(batch))),
+        )
         t0 = time.perf_counter()
         groups = engine.generate(batch, settings)
         if call == 0:

@@ -4,7 +4,7 @@ micro-batches of 16, ``learner.torch_threads``).
 
 The batch has the pipeline's shapes: ``groups_per_step`` 4 x ``num_rollouts`` 8 = 32 sequences whose
 prompts are the actors' own (built-in arithmetic problems rendered by ``render_prompt``, guided and
-unguided as ``sample_prompts`` mixes them: ~70 tokens) and whose completions are random tokens,
+unguided as ``PromptSchedule`` mixes them: ~70 tokens) and whose completions are random tokens,
 10-48 long (the demo's completions stop at the end token after ~20-30 tokens, at most 48), with
 behaviour logprobs, rewards and group-centred advantages. After ``warmup_steps`` steps, ``steps``
 steps are timed; ``tokens_per_s`` counts trained (completion) tokens per second of ``train_step``
@@ -32,10 +32,15 @@ def actor_prompts(config, model_path: str, count: int) -> list[list[int]]:
     from transformers import AutoTokenizer
 
     from pope.datasets import run_problems
-    from pope.prompts import render_prompt, sample_prompts
+    from pope.prompts import PromptSchedule, render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    specs = sample_prompts(run_problems(config.data, config.run.seed), config.data, config.run.seed, 0, 1)
+    specs = PromptSchedule(
+        run_problems(config.data, config.run.seed),
+        config.data,
+        config.run.seed,
+        config.learner.groups_per_step,
+    ).prompts()
     texts = [render_prompt(tokenizer, next(specs), config.data) for _ in range(count)]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
@@ -76,7 +81,8 @@ def scaled_batch(
         mean = sum(rewards) / len(rewards)
         group = RolloutGroup(
             run_id="bench", group_id=f"g{seed}-{g}", problem_id="p", variant="unguided", answer="1",
-            prompt_ids=PackedArray.of(prompt, "int32"), rollouts=items, policy_version_start=0,
+            prompt_ids=PackedArray.of(prompt, "int32"), rollouts=items, temperature=1.0,
+            max_new_tokens=high, policy_version_start=0,
             policy_version_end=0, actor_id="a", sampled_at=0.0, generate_s=0.0,
         )  # fmt: skip
         out.append(ScoredGroup(group=group, rewards=rewards, advantages=[r - mean for r in rewards],

@@ -4,7 +4,7 @@ against math-verify called directly in this process.
 Inputs are the real gold answers of /work/shared/data (MATH-500 sample and AIME 2025), each
 checked against a correct completion "... so the answer is $\\boxed{<gold>}$." and a wrong one
 whose boxed answer is another problem's gold answer. Both paths use the same calls as
-``preprocess.scoring.verify_one`` (gold wrapped with ``wrap_gold``, math-verify's own SIGALRM
+``pope.verify.verify_one`` (gold wrapped with ``wrap_gold``, math-verify's own SIGALRM
 timeouts off), so ``scoring_vs_raw`` (verifier rate / raw rate) is the cost of the process
 boundary and the pipe round trips.
 
@@ -50,7 +50,7 @@ def cases(answers: list[str]) -> list[tuple[str, str, bool]]:
 def raw_verify(gold: str, completion: str) -> bool:
     from math_verify import parse, verify
 
-    from preprocess.scoring import wrap_gold
+    from pope.verify import wrap_gold
 
     gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)
     pred_parsed = parse(completion, parsing_timeout=None)

@@ -72,7 +72,7 @@ def _worker(out: str, steps: int, threads: int) -> None:
     from learner.policy import PolicyTrainer
     from pope.config import load_config
     from pope.datasets import run_problems
-    from pope.prompts import render_prompt, sample_prompts
+    from pope.prompts import PromptSchedule, render_prompt, request_seed
     from pope.weight_sync import make_group
     from preprocess.advantages import group_advantages
     from preprocess.scoring import Verifier
@@ -85,7 +85,12 @@ def _worker(out: str, steps: int, threads: int) -> None:
     trainer = PolicyTrainer(config, model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     verifier = Verifier(pcfg.verify_timeout_s)
-    prompts = sample_prompts(run_problems(config.data, config.run.seed), config.data, config.run.seed, 0, 1)
+    prompts = PromptSchedule(
+        run_problems(config.data, config.run.seed),
+        config.data,
+        config.run.seed,
+        config.learner.groups_per_step,
+    ).prompts()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank0")  # the group lives on one thread
     port, timeout_s = free_port(), min(lcfg.broadcast_timeout_s, 120.0)
     group_future = pool.submit(make_group, "127.0.0.1", port, 0, 2, timeout_s)
@@ -106,8 +111,9 @@ def _worker(out: str, steps: int, threads: int) -> None:
             for s in specs
         ]
         settings = SamplingSettings(
-            acfg.num_rollouts, acfg.max_new_tokens, acfg.temperature, acfg.top_p, step
-        )
+            acfg.num_rollouts, acfg.max_new_tokens, acfg.temperature, acfg.top_p,
+            tuple(request_seed(config.run.seed, s.position, acfg.num_rollouts) for s in specs),
+        )  # fmt: skip
         samples = engine.generate(prompt_ids, settings)
         t1 = time.perf_counter()
         scored = []
@@ -124,7 +130,8 @@ def _worker(out: str, steps: int, threads: int) -> None:
             group = RolloutGroup(
                 run_id="bench-sync", group_id=f"sync-{step}-{g}", problem_id=spec.problem.problem_id,
                 variant=spec.variant, prefix_units=spec.prefix_units, answer=spec.problem.answer,
-                prompt_ids=PackedArray.of(ids, "int32"), rollouts=rollouts, policy_version_start=step,
+                prompt_ids=PackedArray.of(ids, "int32"), rollouts=rollouts, temperature=acfg.temperature,
+                max_new_tokens=acfg.max_new_tokens, position=spec.position, policy_version_start=step,
                 policy_version_end=step, actor_id="sync", sampled_at=time.time(), generate_s=t1 - t0,
             )  # fmt: skip
             advantages = group_advantages(

@@ -1,10 +1,10 @@
 """The peer: TRL's ``GRPOTrainer`` doing the same work on the same machine.
 
 Same tiny model (bench.common.tiny_model_path), same prompts (the pipeline's sampler,
-``sample_prompts`` with the POPE mix of configs/demo_cpu.yaml, rendered with ``render_prompt``
+``PromptSchedule`` with the POPE mix of configs/demo_cpu.yaml, rendered with ``render_prompt``
 through the chat template: a ``datasets.Dataset`` with a text "prompt" column and the gold
 "answer"), group size ``num_generations`` = 8, ``max_completion_length`` = 48, temperature 1,
-lr 1e-3, a reward function calling math-verify as ``preprocess.scoring.verify_one`` does
+lr 1e-3, a reward function calling math-verify as ``pope.verify.verify_one`` does
 (in-process: TRL has no killable verifier), group-mean advantages (``scale_rewards="none"``),
 ``beta=0`` (no reference model), one step = 4 prompts x 8 generations
 (``per_device_train_batch_size=32``, one gradient step per generation), HF ``generate`` (no
@@ -36,11 +36,11 @@ def _dataset(tokenizer, num_prompts: int):
     from bench.pipeline import CONFIG
     from pope.config import load_config
     from pope.datasets import run_problems
-    from pope.prompts import render_prompt, sample_prompts
+    from pope.prompts import PromptSchedule, render_prompt
 
     config = load_config(CONFIG)
     problems = run_problems(config.data, config.run.seed)
-    specs = sample_prompts(problems, config.data, config.run.seed, 0, 1)
+    specs = PromptSchedule(problems, config.data, config.run.seed, config.learner.groups_per_step).prompts()
     rows = [next(specs) for _ in range(num_prompts)]
     return Dataset.from_dict({
         "prompt": [render_prompt(tokenizer, spec, config.data) for spec in rows],
@@ -55,7 +55,7 @@ def _worker(out: str, warmup_steps: int, steps: int) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from bench.common import tiny_model_path, write_worker_result
-    from preprocess.scoring import verify_one
+    from pope.verify import verify_one
 
     model_path = tiny_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)

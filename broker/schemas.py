@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: RolloutGroup.position, pair, seed, temperature, max_new_tokens
 
 _DTYPES = {"int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8"}
 
@@ -55,14 +55,26 @@ class RolloutGroup(Message):
     kind: Literal["rollout_group"] = "rollout_group"
     schema_version: int = SCHEMA_VERSION
     run_id: str
-    group_id: str = Field(description="Unique in the run: '<actor_id>-<sequence number>'.")
+    group_id: str = Field(description="Unique in the run: '<actor_id>-<incarnation>-<position>'.")
     problem_id: str
     variant: Literal["unguided", "guided", "easy"]
+    position: int = Field(
+        -1, ge=-1, description="The prompt's position in the run's sampler (-1: outside it)."
+    )
+    pair: int | None = Field(
+        None,
+        description="Shared by a problem's unguided and guided groups drawn together (data.pair_variants).",
+    )
+    seed: int | None = Field(None, ge=0, description="Sampling seed of the request; rollout i used seed + i.")
     prefix_units: int = Field(0, ge=0, description="Oracle solution steps in the prompt (0 when unguided).")
     prefix_tokens: int = Field(0, ge=0, description="Tokens of those steps.")
     answer: str = Field(description="Gold answer, as the dataset writes it.")
     prompt_ids: PackedArray = Field(description="Prompt tokens, int32, shape [P]; chat template included.")
     rollouts: list[Rollout]
+    temperature: float = Field(gt=0, description="Sampling temperature: the learner's logprobs use the same.")
+    max_new_tokens: int = Field(
+        ge=1, description="The completion budget the rollouts were sampled under, tokens."
+    )
     policy_version_start: int = Field(ge=0, description="Weight version when the group's sampling began.")
     policy_version_end: int = Field(
         ge=0, description="Weight version when it ended (equal unless an update landed)."

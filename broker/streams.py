@@ -50,13 +50,54 @@ def ledger_key(run_id: str) -> str:
 
 
 def sampler_key(run_id: str) -> str:
-    """Hash: producer name -> how many of its prompts have a group in the rollouts stream (a restarted
-    or resumed actor skips exactly those, so the prompts it had not written yet come first)."""
+    """Hash of the run's sampler positions (``PositionClaims``): ``__next__`` the next position to
+    hand out; per producer, ``<name>:claim`` its last claim ("start stop") and ``<name>`` its next
+    unwritten position (set with each group it writes)."""
     return f"pope:{run_id}:sampler"
 
 
 def sampler_position(client, run_id: str, producer: str) -> int:
+    """The producer's next unwritten position (0 before its first group)."""
     return int(client.hget(sampler_key(run_id), producer) or 0)
+
+
+
+
+_CLAIM = """
+local stop = redis.call('HINCRBY', KEYS[1], '__next__', ARGV[2])
+local start = stop - tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1] .. ':claim', start .. ' ' .. stop)
+redis.call('HSET', KEYS[1], ARGV[1], start)
+return start
+"""
+
+
+class PositionClaims:
+    """The run's sampler positions, handed out from one counter in ``sampler_key``.
+
+    ``claim(producer, n)`` takes the next n positions for ``producer`` (atomically: one Lua script);
+    ``Producer.put`` records, with each group, the position after it (the producer's next unwritten
+    position). ``unfinished(producer)`` is what a restarted producer claimed and never wrote: it
+    asks those first, so every position is written exactly once, a restart included."""
+
+    def __init__(self, client: redis.Redis, run_id: str):
+        self.client, self.key = client, sampler_key(run_id)
+        self._script = client.register_script(_CLAIM)
+
+    def claim(self, producer: str, n: int) -> range:
+        start = int(self._script(keys=[self.key], args=[producer, n]))
+        return range(start, start + n)
+
+    def unfinished(self, producer: str) -> range:
+        claim, written = self.client.hmget(self.key, [f"{producer}:claim", producer])
+        if claim is None:
+            return range(0)
+        start, stop = (int(x) for x in _s(claim).split())
+        return range(max(start, int(written or start)), stop)
+
+    def claimed(self) -> int:
+        """Positions handed out so far (all producers)."""
+        return int(self.client.hget(self.key, "__next__") or 0)
 
 
 class RedisUnavailable(redis.ConnectionError):
@@ -245,7 +286,7 @@ class Producer:
 
     def put(self, message: Message, position: tuple[str, int] | None = None) -> str:
         """Append ``message``; a rollout group's id goes into the run's ledger in the same MULTI, and
-        ``position`` (producer name, prompts written so far) into the sampler hash."""
+        ``position`` (producer name, its next unwritten sampler position) into the sampler hash."""
         if self.stream != "rollouts" or not hasattr(message, "group_id"):
             entry_id = self.client.xadd(
                 self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True

@@ -189,7 +189,7 @@ def write_splits(out_dir: Path, seed: int = 0, num_easy: int = 64, num_hard: int
 def _documents(rng: random.Random, tokenizer, spec: dict) -> tuple[list[int], list[int]]:
     """One pretraining document: (prompt ids, target ids), tokenized apart as the actors do."""
     from pope.config import DataConfig
-    from pope.prompts import PromptSpec, max_prefix_units, render_prompt
+    from pope.prompts import PromptSpec, render_prompt
 
     data = DataConfig()
     kind = rng.choices(list(spec["doc_mix"]), weights=list(spec["doc_mix"].values()))[0]
@@ -200,7 +200,7 @@ def _documents(rng: random.Random, tokenizer, spec: dict) -> tuple[list[int], li
     problem = make_problem(sample_start(rng, difficulty, eval_split=False), difficulty, "pretrain")
     steps = problem.solution_steps
     if kind == "guided":
-        shown = rng.randint(1, max_prefix_units(problem, data.prefix_fraction))
+        shown = rng.randint(1, v1_prefix_limit(problem, data.prefix_fraction))
         spec_ = PromptSpec(problem, "guided", shown)
         target = "".join(steps[shown:])
     else:
@@ -209,6 +209,15 @@ def _documents(rng: random.Random, tokenizer, spec: dict) -> tuple[list[int], li
     prompt = render_prompt(tokenizer, spec_, data)
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return tokenizer(prompt, add_special_tokens=False)["input_ids"], target_ids
+
+
+def v1_prefix_limit(problem: Problem, prefix_fraction: float) -> int:
+    """The prefix limit v1's base model was built with: a quarter of the units, at least one, never
+    the answer's unit. (The pipeline now limits a prefix by its share of the solution's characters,
+    pope.prompts.max_prefix_units; v1 keeps its own rule so that its cached model and RESULTS.md
+    stay reproducible.)"""
+    usable = max(0, len(problem.solution_steps) - 1)
+    return min(usable, max(1, int(prefix_fraction * len(problem.solution_steps))))
 
 
 def _tokenizer(seed: int):

@@ -18,7 +18,14 @@ corrects the gap between the sampling engine (and its staleness) and the learner
 Aggregation of L_t over a step (``AGGREGATIONS``):
     token_mean     sum_t L_t / (tokens in the step)                    (default; DAPO)
     sequence_mean  mean over sequences of (mean over its tokens of L_t)   (GRPO paper)
-    token_sum      sum_t L_t / constant                               (Dr. GRPO; no length bias)
+    token_sum      sum_t L_t / (sequences x L_max)                    (Dr. GRPO; no length bias)
+
+where L_max is the completion budget (``max_new_tokens``, carried by each group): Dr. GRPO's
+(1/G) sum_i sum_t L_t / L_max, over every group of the step.
+
+KL: k3 is the estimator to penalise with. k1 = logp_new - logp_ref has zero expected gradient under
+on-policy sampling (E[grad log p_new] = 0), so as a loss term it does nothing in expectation; it is
+kept as a logged diagnostic (``kl`` with learner.kl_coef = 0), and config rejects it as a penalty.
 The default, token_mean, weighs each generated token equally, so a long wrong answer is not
 diluted the way sequence_mean dilutes it, and it needs no constant to tune.
 """
@@ -35,11 +42,9 @@ class LossTerms:
     """Per-token loss and diagnostics, all [B, T] and zero outside the mask."""
 
     per_token: torch.Tensor
-    ratio: torch.Tensor
     clipped_low: torch.Tensor
     clipped_high: torch.Tensor
     kl: torch.Tensor | None
-    is_weight: torch.Tensor | None
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -102,7 +107,7 @@ def clipped_surrogate(
     with torch.no_grad():
         low = ((ratio < 1.0 - eps_low) & (advantages < 0)).to(mask.dtype) * mask
         high = ((ratio > 1.0 + eps_high) & (advantages > 0)).to(mask.dtype) * mask
-    return LossTerms(per_token * mask, ratio.detach() * mask, low, high, kl, is_weight)
+    return LossTerms(per_token * mask, low, high, kl)
 
 
 def aggregate_token_mean(per_token: torch.Tensor, mask: torch.Tensor, step: StepNorm) -> torch.Tensor:
@@ -124,7 +129,7 @@ class StepNorm:
 
     tokens: float
     sequences: float
-    constant: float
+    constant: float  # token_sum: sequences x L_max
 
 
 AGGREGATIONS = {

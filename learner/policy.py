@@ -115,6 +115,18 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+def step_temperature(groups: list[ScoredGroup]) -> float:
+    """The temperature the step's rollouts were sampled at (it travels on each group); the learner's
+    logprobs of logits / T then match the actors'. One step, one temperature."""
+    temperatures = {g.group.temperature for g in groups}
+    if len(temperatures) != 1:
+        raise ValueError(
+            f"one learner step holds groups sampled at temperatures {sorted(temperatures)}: "
+            "every actor of a run must sample at the same actors.temperature"
+        )
+    return temperatures.pop()
+
+
 class PolicyTrainer:
     def __init__(self, config, model_path: str):
         import deepspeed
@@ -170,9 +182,6 @@ class PolicyTrainer:
             metas.append(TensorMeta(name, shape, str(param.dtype).removeprefix("torch.")))
         return metas
 
-    def checksum(self) -> float:
-        return float(sum(t.to(torch.float64).sum().item() for _, t in self.iter_weights()))
-
     # -- the step ----------------------------------------------------------------------------------
     def _all_reduce_sum(self, value: float) -> float:
         if self.world_size == 1:
@@ -183,7 +192,7 @@ class PolicyTrainer:
 
     def train_step(self, groups: list[ScoredGroup]) -> dict[str, float]:
         cfg = self.cfg
-        temperature = self.config.actors.temperature
+        temperature = step_temperature(groups)
         advantages_by_group = normalize_batch_advantages(groups, cfg.advantage_batch_norm)
         groups = [
             g.model_copy(update={"advantages": a}) for g, a in zip(groups, advantages_by_group, strict=True)
@@ -194,7 +203,7 @@ class PolicyTrainer:
         norm = StepNorm(
             tokens=float(mask.sum().clamp(min=1.0)),
             sequences=float(len(input_ids)),
-            constant=cfg.loss_constant,
+            constant=float(len(input_ids)) * max(g.group.max_new_tokens for g in groups),
         )
         # longest first, so each micro-batch holds sequences of similar length and is cut to its own
         # longest one below (exact: padding is on the right, and masked out)

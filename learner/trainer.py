@@ -1,6 +1,9 @@
 """The learner: scored groups in, an optimizer step, new weights out to every actor.
 
-    train stream (group "learner") ──> filter (zero-variance, too stale: counted, not trained)
+    train stream (group "learner") ──> set aside (duplicate, too stale: counted, not trained)
+        ──> StepMix: exactly the mix's count of each variant per step (learner/mix.py)
+        ──> metrics of the step's groups (solve rates, rewards: before any filter)
+        ──> zero-variance filter (learner.skip_zero_variance_groups: counted, not trained)
         ──> PolicyTrainer.train_step (DeepSpeed, GRPO) ──> broadcast weights v+1 to the actors
         ──> control: WeightsPublished, StepReport ──> metrics.jsonl ──> XACK
 
@@ -19,7 +22,10 @@ from pathlib import Path
 
 from broker.schemas import ScoredGroup, StepReport, WeightsPublished
 from broker.streams import Consumer, ControlChannel, connect
+from learner.mix import StepMix
 from learner.policy import PolicyTrainer
+from pope.models.folder import ModelFolder, local_folder
+from pope.prompts import variant_quota
 from pope.weight_sync import broadcast_tensors, checksum, make_group
 
 
@@ -41,7 +47,7 @@ class Learner:
     def __init__(
         self,
         config,
-        model_path: str,
+        model_path: str | ModelFolder,
         redis_url: str,
         run_dir: str,
         actor_handles=None,
@@ -51,7 +57,7 @@ class Learner:
         self.cfg = config.learner
         self.run_id = config.run.run_id
         self.run_dir = Path(run_dir)
-        self.policy = PolicyTrainer(config, model_path)
+        self.policy = PolicyTrainer(config, local_folder(model_path, config.model.cache_dir))
         self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         self.consumer = Consumer(self.client, self.run_id, "train", "learner0")
         self.control = ControlChannel(self.client, self.run_id)
@@ -63,8 +69,14 @@ class Learner:
         self._running = False
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.trained_group_ids: list[str] = []
-        self.skipped: dict[str, list[str]] = {"zero_variance": [], "stale": [], "duplicate": []}
-        self._trained: set[str] = set()
+        self.skipped: dict[str, list[str]] = {
+            "zero_variance": [],
+            "stale": [],
+            "duplicate": [],
+            "off_mix": [],
+        }
+        self._accepted: set[str] = set()  # trained, or held for a later step: a second copy is a duplicate
+        self.mix = StepMix(variant_quota(config.data, self.cfg.groups_per_step), config.data.pair_variants)
         # per variant: [sum of rewards, rollouts] of the trained groups (the summary's reward_mean; the
         # streams' entries are trimmed once acknowledged, so the learner keeps this itself)
         self.reward_sums: dict[str, list[float]] = {}
@@ -137,6 +149,8 @@ class Learner:
 
         start = time.monotonic()
         named = list(self.policy.iter_weights())
+        if not self.actor_handles:  # a learner without actors (component tests, offline training)
+            return time.monotonic() - start, 0, checksum(named), []
         metas = self.policy.weight_metas()
         timeout = self.cfg.broadcast_timeout_s
         refs = [h.update_weights.remote(self.version, metas, timeout) for h in self.actor_handles]
@@ -156,48 +170,66 @@ class Learner:
         return time.monotonic() - start, num_bytes, sent, list(received)
 
     # -- data ------------------------------------------------------------------------------------
-    def _keep(self, scored: ScoredGroup) -> bool:
-        if scored.group.group_id in self._trained:  # e.g. scored twice after a preprocess worker died
-            self.skipped["duplicate"].append(scored.group.group_id)
-            return False
+    def _set_aside(self, scored: ScoredGroup) -> str | None:
+        """Why ``scored`` is not trained (counted under that reason), or None."""
+        group = scored.group
+        if group.group_id in self._accepted:  # e.g. scored twice after a preprocess worker died
+            return "duplicate"
         if (
             self.cfg.max_policy_lag is not None
-            and self.version - scored.group.policy_version_start > self.cfg.max_policy_lag
+            and self.version - group.policy_version_start > self.cfg.max_policy_lag
         ):
-            self.skipped["stale"].append(scored.group.group_id)
-            return False
-        if self.cfg.skip_zero_variance_groups and max(scored.rewards) == min(scored.rewards):
-            self.skipped["zero_variance"].append(scored.group.group_id)
-            return False
-        return True
+            return "stale"
+        if not self.mix.accepts(group.variant):  # an actor of another config wrote it
+            return "off_mix"
+        return None
 
     def collect(self) -> tuple[list, list[str]]:
-        """``groups_per_step`` trainable groups, and the entry ids of everything read (to ack).
+        """One step's groups (exactly the mix's count of each variant), and the entry ids to
+        acknowledge with the step: its groups' and those set aside. Groups of a variant the step
+        has enough of are held for the next one (their entries stay pending until trained).
 
-        Fails loudly, naming the stream, when no data arrives for ``data_timeout_s``."""
-        kept, entry_ids = [], []
+        Fails loudly, naming the stream and what is missing, when no data arrives for ``data_timeout_s``."""
+        entry_ids = []
         deadline = time.monotonic() + self.cfg.data_timeout_s
-        while len(kept) < self.cfg.groups_per_step:
+        while not self.mix.ready():
             self._serve_regroup()
-            want = self.cfg.groups_per_step - len(kept)
             got = []
             if self._replay_pending:
-                got = self.consumer.read_own_pending(want)
+                got = self.consumer.read_own_pending(self.mix.size)
                 self._replay_pending = bool(got)
             if not got:
-                got = self.consumer.read(want, self.config.broker.block_ms)
+                got = self.consumer.read(self.mix.size, self.config.broker.block_ms)
             if got:
                 deadline = time.monotonic() + self.cfg.data_timeout_s
             for entry in got:
-                entry_ids.append(entry.entry_id)
-                if isinstance(entry.message, ScoredGroup) and self._keep(entry.message):
-                    kept.append(entry.message)
+                if not isinstance(entry.message, ScoredGroup):
+                    entry_ids.append(entry.entry_id)
+                    continue
+                reason = self._set_aside(entry.message)
+                if reason:
+                    self.skipped.setdefault(reason, []).append(entry.message.group.group_id)
+                    entry_ids.append(entry.entry_id)
+                    continue
+                group = entry.message.group
+                self._accepted.add(group.group_id)
+                self.mix.offer(group.variant, group.pair, (entry.entry_id, entry.message))
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"learner: no scored groups on stream pope:{self.run_id}:train for {self.cfg.data_timeout_s}s "
-                    f"(have {len(kept)} of {self.cfg.groups_per_step}); are the actors and preprocess workers alive?"
+                    f"(the step still needs {self.mix.missing()}, holding {self.mix.held()}); are the actors "
+                    "and preprocess workers alive?"
                 )
-        return kept, entry_ids
+        taken = self.mix.take()
+        return [group for _, group in taken], entry_ids + [entry_id for entry_id, _ in taken]
+
+    def _signal(self, groups: list[ScoredGroup]) -> list[ScoredGroup]:
+        """The groups the loss sees: all, or (``skip_zero_variance_groups``) those whose rewards differ."""
+        if not self.cfg.skip_zero_variance_groups:
+            return groups
+        flat = [g for g in groups if max(g.rewards) == min(g.rewards)]
+        self.skipped["zero_variance"].extend(g.group.group_id for g in flat)
+        return [g for g in groups if max(g.rewards) != min(g.rewards)]
 
     def _recover_broadcast(self, exc: Exception) -> tuple[float, int, float, list[float]]:
         """A broadcast failed (an actor died): wait for the launcher's regroup with the restarted
@@ -256,7 +288,7 @@ class Learner:
         entries (read by the dead learner, never acknowledged) before new ones."""
         extra = self.policy.load_checkpoint(str(self.checkpoint_dir))
         self.trained_group_ids = list(extra["trained_group_ids"])
-        self._trained = set(self.trained_group_ids)
+        self._accepted = set(self.trained_group_ids)
         self.skipped = {k: list(v) for k, v in extra["skipped"].items()}
         self.unguided_history = [tuple(h) for h in extra["unguided_history"]]
         self.totals = dict(extra["totals"])
@@ -285,10 +317,15 @@ class Learner:
             while self.policy.step_count < steps:
                 start = time.monotonic()
                 groups, entry_ids = self.collect()
+                trained = self._signal(groups)
+                while not trained:  # every group of the step is zero-variance: no signal, take another
+                    more, more_ids = self.collect()
+                    groups, entry_ids = groups + more, entry_ids + more_ids
+                    trained = self._signal(more)
                 data_wait_s = time.monotonic() - start
-                metrics = self.policy.train_step(groups)
+                metrics = self.policy.train_step(trained)
                 if metrics.get("nonfinite"):
-                    self._skip_nonfinite(groups, entry_ids)
+                    self._skip_nonfinite(trained, entry_ids)
                     continue
                 self.nonfinite_in_a_row = 0
                 self.policy.version += 1
@@ -308,8 +345,7 @@ class Learner:
                         num_bytes=num_bytes,
                     )
                 )
-                self.trained_group_ids.extend(g.group.group_id for g in groups)
-                self._trained.update(g.group.group_id for g in groups)
+                self.trained_group_ids.extend(g.group.group_id for g in trained)
                 self._unacked.extend(entry_ids)
                 every = self.cfg.checkpoint_every
                 if every == 0:
@@ -317,8 +353,9 @@ class Learner:
                     self._unacked = []
                 elif self.policy.step_count % every == 0 or self.policy.step_count >= steps:
                     self.save_checkpoint()
+                # what the step saw, before the zero-variance filter: rewards, solve rates, lags
                 rewards = [r for g in groups for r in g.rewards]
-                lags = [self.version - 1 - g.group.policy_version_start for g in groups]
+                lags = [self.version - 1 - g.group.policy_version_start for g in trained]
                 metrics.update(
                     data_wait_s=data_wait_s,
                     broadcast_s=broadcast_s,
@@ -329,6 +366,9 @@ class Learner:
                     policy_lag_max=float(max(lags)),
                     groups_skipped_zero_variance=float(len(self.skipped["zero_variance"])),
                     groups_skipped_stale=float(len(self.skipped["stale"])),
+                    groups_in_step=float(len(groups)),
+                    groups_trained=float(len(trained)),
+                    groups_held=float(self.mix.held()),
                 )
                 for key in self.totals:
                     self.totals[key] += metrics[key]
@@ -348,7 +388,7 @@ class Learner:
                     **metrics,
                     "weights_checksum_learner": sent,
                     "weights_checksum_actors": received,
-                    "groups": [_lineage(g) for g in groups],
+                    "groups": [{**_lineage(g), "trained": g in trained} for g in groups],
                 }
                 log.write(json.dumps(line) + "\n")
                 log.flush()

@@ -14,7 +14,7 @@ The embedded Redis is supervised (restarted on its port from its append-only fil
 meanwhile. Entries every consumer group acknowledged are trimmed every ``broker.trim_every_s``;
 the accounting reads the group-id ledger, the unacknowledged entries and the learner's result.
 
-This is the only module that calls ``ray.init`` or sets actor options.
+With pools.py (and pool.py for the offline passes) it is the only code that calls ``ray.init`` or sets actor options.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from orchestrator.models import resolve_model_path
 from orchestrator.pools import Pools
 from pope.config import PopeConfig, dump_config
 from pope.datasets import run_problems
+from pope.models.folder import ModelFolder
+from pope.prompts import PromptSchedule
 
 PROBE_TOKENS = 8
 
@@ -165,24 +167,39 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
                     f"metrics disabled: cannot serve on {config.metrics.host}:{config.metrics.port}: {exc}"
                 )
 
-        problems = run_problems(
-            config.data, config.run.seed
-        )  # fail here, before any process starts, on a bad dataset
+        # resolved once, here, before any process starts (a bad dataset or mix fails now): every
+        # component gets these, no component loads or validates them again
+        problems = run_problems(config.data, config.run.seed)
+        easy = run_problems(config.data, config.run.seed, easy=True) if config.data.easy_source else None
+        schedule = PromptSchedule(
+            problems, config.data, config.run.seed, config.learner.groups_per_step, easy
+        )
+        if schedule.not_guidable:
+            printer(
+                f"data: {len(schedule.not_guidable)} of {len(problems)} problems have no prefix shorter than "
+                f"data.prefix_fraction={config.data.prefix_fraction} of their solution: left out of this mix "
+                f"({', '.join(p.problem_id for p in schedule.not_guidable[:10])}"
+                f"{', ...' if len(schedule.not_guidable) > 10 else ''})"
+            )
+        printer(f"data: each learner step holds {schedule.quota}{' (paired)' if schedule.paired else ''}")
         model_path = str(resolve_model_path(config.model.path, config.model.cache_dir, config.run.seed))
         printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
 
         started_ray = _start_ray(config)
         if started_ray:
             stack.callback(ray.shutdown)
-        # resolved once, here: every component gets this folder (on a cluster, a path every node sees)
-        pools = Pools(config, model_path, redis_url, _process_env(config, 1))
+        # a built-in model travels with its files: a node that cannot see the driver's folder writes them
+        model = ModelFolder.of(model_path, ship=config.model.path.startswith("builtin:"))
+        pools = Pools(
+            config, model, redis_url, _process_env(config, 1), ray.put(schedule.hard), ray.put(easy)
+        )
         stack.callback(_kill_all, pools.all_handles)
         _write_connection(run_dir, run_id, redis_url)
 
         acfg, lcfg = config.actors, config.learner
         pools.actors = [pools.new_actor() for _ in range(acfg.num_actors)]
         pools.workers = [pools.new_worker() for _ in range(config.preprocess.num_workers)]
-        learner = pools.new_learner(str(run_dir), len(problems))
+        learner = pools.new_learner(str(run_dir), len(schedule.hard))
         names = {m.handle.__ray_ready__.remote(): m.name for m in pools.actors + pools.workers}
         names[learner.__ray_ready__.remote()] = "learner"
         _wait_all(names, "starting")
@@ -199,11 +216,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
             {learner.regroup.remote([m.handle for m in pools.actors]): "learner"}, "forming the weight group"
         )
         # before any update: the engines decode with exactly the learner's weights
-        probe_prompt = ray.get(
-            pools.actors[0].handle.__ray_call__.remote(
-                lambda self: self.tokenizer("Compute 1 + 2.")["input_ids"]
-            )
-        )
+        probe_prompt = ray.get(pools.actors[0].handle.encode.remote("Compute 1 + 2."))
         initial_probe_diffs = _probe(pools, learner, probe_prompt)
         wall["setup_s"] = time.monotonic() - t_start
         printer(f"setup done in {wall['setup_s']:.1f}s: {pools.sizes} and 1 learner")
@@ -228,7 +241,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
 
         # Every actor now holds the final weights: check it on the same fixed prompt.
         probe_diffs = _probe(pools, learner, probe_prompt)
-        actor_versions = [ray.get(a.__ray_call__.remote(lambda self: self.version)) for a in actors]
+        actor_versions = ray.get([a.policy_version.remote() for a in actors])
 
         checkpoint = None
         if lcfg.save_checkpoint:
@@ -241,6 +254,9 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         )
         summary.update(upkeep.summary())
         summary["pool_sizes"] = pools.sizes
+        summary["problems"] = len(problems)
+        summary["problems_not_guidable"] = [p.problem_id for p in schedule.not_guidable]
+        summary["step_mix"] = schedule.quota
         summary["weight_sync_initial_max_abs_logprob_diff"] = initial_probe_diffs
         summary["placement"] = pools.placement  # every member the run had, resized ones included
         if metrics is not None:

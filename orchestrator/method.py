@@ -19,7 +19,7 @@ from pope.config import PopeConfig
 from pope.datasets import PREFIX_UNITS_FIELD
 from pope.passk import pass_at_k
 from pope.problems import Problem
-from pope.prompts import PromptSpec, render_prompt
+from pope.prompts import PromptSpec, max_prefix_units, render_prompt
 
 
 def _row(problem: Problem, **annotations) -> dict:
@@ -69,16 +69,21 @@ def filter_hard(pool, problems: list[Problem], config: PopeConfig, k: int, outpu
     return {"problems": len(problems), "hard": len(hard), "k": k, "output": str(output)}
 
 
-def search_limit(problem: Problem, fraction: float = 0.25) -> int:
-    """The search goes up to a quarter of the solution's units (at least 1 when there are any)."""
-    return max(1, int(fraction * len(problem.solution_steps))) if len(problem.solution_steps) > 1 else 0
-
-
 def find_prefixes(
     pool, problems: list[Problem], config: PopeConfig, n: int, output: Path, seed: int = 0
 ) -> dict:
-    """i*(x) for every problem, one batched round per prefix length over all unresolved problems."""
+    """i*(x) for every problem, one batched round per prefix length over all unresolved problems.
+
+    Lengths go up to ``max_prefix_units`` at ``data.prefix_fraction`` (a prefix strictly shorter, in
+    characters, than that share of the solution). A problem without a working length gets a random
+    one within the limit (``pope_prefix_fallback``); one whose first unit is already too long is not
+    guidable (``pope_prefix_units`` 0, ``pope_prefix_guidable`` false)."""
     rng = random.Random(seed)
+    fraction = config.data.prefix_fraction
+
+    def search_limit(problem: Problem) -> int:
+        return max_prefix_units(problem, fraction)
+
     found: dict[str, tuple[int, int]] = {}
     unresolved = [p for p in problems if search_limit(p) > 0]
     length = 1
@@ -103,17 +108,19 @@ def find_prefixes(
             )
         else:
             limit = search_limit(p)
-            units = rng.randint(1, max(1, limit - 1)) if limit > 0 else 0
+            units = rng.randint(1, limit) if limit > 0 else 0
             rows.append(
                 _row(p, **{PREFIX_UNITS_FIELD: units}, pope_prefix_fallback=True, pope_prefix_correct=0)
             )
         rows[-1]["pope_prefix_n"] = n
+        rows[-1]["pope_prefix_guidable"] = search_limit(p) > 0
         rows[-1]["pope_solution_units"] = len(p.solution_steps)
     _write_jsonl(output, rows)
     return {
         "problems": len(problems),
         "found": len(found),
-        "fallback": len(problems) - len(found),
+        "fallback": sum(1 for p in problems if p.problem_id not in found and search_limit(p) > 0),
+        "not_guidable": sum(1 for p in problems if search_limit(p) == 0),
         "n": n,
         "output": str(output),
     }

@@ -140,7 +140,8 @@ class RunMetrics:
             redis.RedisError,
         ) as exc:  # deliberate: counted, training goes on
             self.export_errors += 1
-            self.last_error = repr(exc)
+            if self.export_errors == 1:  # the first one says why; the count says how often
+                print(f"metrics export failed (counted in metrics_export_errors; training goes on): {exc!r}")
 
     def close(self) -> None:
         if self.server is not None:

@@ -41,20 +41,23 @@ class GenerationPool(AbstractContextManager):
         self.tokenizer = ray.get(self.actors[0].__ray_call__.remote(lambda self: self.tokenizer))
         workers = max(1, self.config.preprocess.num_workers)
         self.verifiers = [Verifier(self.config.preprocess.verify_timeout_s) for _ in range(workers)]
-        self._calls = 0
+        self._seed_offset = 0  # rollout i of a request samples with seed + i: requests never overlap
 
     def generate(self, prompts: list[str], num_samples: int, max_new_tokens: int, chunk: int | None = None):
         """For each prompt, ``num_samples`` (text, token count); chunks spread over every actor."""
         import ray
 
         chunk = chunk or self.config.actors.prompts_per_call
+        base = (self.config.run.seed % 4096) << 44
+        seeds = [base + self._seed_offset + i * num_samples for i in range(len(prompts))]
+        self._seed_offset += len(prompts) * num_samples
         refs = []
         for start in range(0, len(prompts), chunk):
             actor = self.actors[(start // chunk) % len(self.actors)]
-            self._calls += 1
-            seed = self.config.run.seed * 1_000_003 + self._calls
             refs.append(
-                actor.sample_texts.remote(prompts[start : start + chunk], num_samples, max_new_tokens, seed)
+                actor.sample_texts.remote(
+                    prompts[start : start + chunk], num_samples, max_new_tokens, seeds[start : start + chunk]
+                )
             )
         return [group for part in ray.get(refs) for group in part]
 

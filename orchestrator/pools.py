@@ -29,9 +29,11 @@ class Member:
 @dataclass
 class Pools:
     config: PopeConfig
-    model_path: str
+    model: object  # pope.models.folder.ModelFolder, resolved once by the launcher
     redis_url: str
     env: dict
+    problems: object = None  # Ray object refs of the run's validated problems (hard, easy)
+    easy: object = None
     learner: object = None
     actors: list[Member] = field(default_factory=list)
     workers: list[Member] = field(default_factory=list)
@@ -75,7 +77,7 @@ class Pools:
         handle = (
             ray.remote(RolloutActor)
             .options(**opts)
-            .remote(self.config, self._next_actor, self.model_path, self.redis_url)
+            .remote(self.config, self._next_actor, self.model, self.redis_url, self.problems, self.easy)
         )
         self._next_actor += 1
         self.all_handles.append(handle)
@@ -110,7 +112,7 @@ class Pools:
         self.learner = (
             ray.remote(Learner)
             .options(**opts)
-            .remote(self.config, self.model_path, self.redis_url, run_dir, handles, num_hard_problems)
+            .remote(self.config, self.model, self.redis_url, run_dir, handles, num_hard_problems)
         )
         self.all_handles.append(self.learner)
         return self.learner
@@ -189,7 +191,6 @@ class Pools:
         if member in self.actors:
             ray.get(self.learner.regroup.remote([m.handle for m in self.actors]))
         member.loop_ref = member.handle.run.remote()
-        self.restarts = getattr(self, "restarts", 0) + 1
         return f"{name} restarted and back in the run"
 
     def _retire(self, member: Member, wait_all) -> None:

@@ -63,11 +63,17 @@ class DataConfig(Section):
         le=1.0,
         description="A load fails when more than this share of rows is invalid (each is reported).",
     )
-    mix: Literal["pope", "hard_only", "hard_easy", "guided_easy"] = Field(
+    mix: Literal["pope", "hard_only", "hard_easy", "guided_easy", "pope_easy"] = Field(
         "pope",
         description="What prompts are drawn: 'pope' unguided hard + guided hard (ratio guided_fraction); "
         "'hard_only' unguided hard; 'hard_easy' unguided hard + easy (easy_fraction); 'guided_easy' guided hard "
-        "+ easy. Each prompt is its own GRPO group.",
+        "+ easy; 'pope_easy' unguided hard + guided hard + easy. Each prompt is its own GRPO group. Every "
+        "learner step holds exactly the mix's share of each (rounded to whole groups of learner.groups_per_step).",
+    )
+    pair_variants: bool = Field(
+        False,
+        description="Under mix=pope/pope_easy at guided_fraction 0.5: a problem's unguided and guided prompts are "
+        "drawn together and trained in the same learner step.",
     )
     guided_fraction: float = Field(
         0.5,
@@ -77,15 +83,17 @@ class DataConfig(Section):
     )
     easy_source: str | None = Field(
         None,
-        description="Easy problems for mix=hard_easy / guided_easy: 'builtin:arithmetic-easy' or a file.",
+        description="Easy problems for mix=hard_easy / guided_easy / pope_easy: 'builtin:arithmetic-easy' or a file.",
     )
     easy_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Share of easy prompts in the easy mixes.")
     prefix_fraction: float = Field(
         0.25,
         gt=0.0,
         le=1.0,
-        description="Guided prompts without a searched prefix (pope_prefix_units) show a random prefix of at most "
-        "this share of the solution's units.",
+        description="A guided prompt's prefix is strictly shorter than this share of its solution, in characters "
+        "(the prefix search's limit too). Without a searched prefix (pope_prefix_units) a random number of "
+        "units within it is shown; a problem whose first unit is already longer is not guidable (reported at "
+        "load, left out of the guided mixes).",
     )
     prefix_placement: Literal["assistant_start", "user_end"] = Field(
         "assistant_start",
@@ -104,7 +112,7 @@ class DataConfig(Section):
             raise ValueError(
                 f"data.instruction_version {self.instruction_version!r} is not one of {sorted(INSTRUCTIONS)}"
             )
-        if self.mix in ("hard_easy", "guided_easy") and not self.easy_source:
+        if self.mix in ("hard_easy", "guided_easy", "pope_easy") and not self.easy_source:
             raise ValueError(f"data.mix={self.mix!r} needs data.easy_source")
         return self
 
@@ -277,10 +285,7 @@ class LearnerConfig(Section):
     loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum"] = Field(
         "token_mean",
         description="How per-token losses make the step's loss: mean over all tokens of the step (default), mean "
-        "of per-sequence means, or sum over tokens divided by loss_constant.",
-    )
-    loss_constant: float = Field(
-        4096.0, gt=0, description="Denominator of loss_aggregation=token_sum, tokens."
+        "of per-sequence means, or Dr. GRPO's sum over tokens divided by (sequences x actors.max_new_tokens).",
     )
     advantage_batch_norm: Literal["none", "batch_std", "batch_mean_std"] = Field(
         "none",
@@ -309,7 +314,9 @@ class LearnerConfig(Section):
         0.0, ge=0, description="KL penalty to the frozen initial model (0 = off, no reference kept)."
     )
     kl_estimator: Literal["k1", "k3"] = Field(
-        "k3", description="KL estimator: k1 = log ratio, k3 = Schulman's k3."
+        "k3",
+        description="KL estimator: k3 = Schulman's k3. k1 (the log ratio) has zero expected gradient as a loss "
+        "term, so it is refused as a penalty (learner/loss.py).",
     )
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
@@ -423,6 +430,24 @@ class PopeConfig(Section):
             raise ValueError(
                 f"preprocess.passk_k ({self.preprocess.passk_k}) must be at most actors.num_rollouts "
                 f"({self.actors.num_rollouts})"
+            )
+        if self.actors.top_p < 1.0:
+            raise ValueError(
+                f"actors.top_p={self.actors.top_p}: the actors' logprobs would be of the nucleus-truncated, "
+                "renormalised distribution and the learner's of the full one, biasing every importance ratio "
+                "(about top_p itself for a token in the nucleus): sample with top_p 1.0"
+            )
+        if self.learner.kl_coef > 0 and self.learner.kl_estimator == "k1":
+            raise ValueError(
+                "learner.kl_estimator=k1 with kl_coef > 0: the k1 estimator has zero expected gradient as a "
+                "penalty; use k3"
+            )
+        if self.data.pair_variants and (
+            self.data.mix not in ("pope", "pope_easy") or self.data.guided_fraction != 0.5
+        ):
+            raise ValueError(
+                f"data.pair_variants needs mix pope or pope_easy at guided_fraction 0.5 "
+                f"(got mix={self.data.mix}, guided_fraction={self.data.guided_fraction})"
             )
         if self.broker.max_groups_in_flight < self.learner.groups_per_step:
             raise ValueError(

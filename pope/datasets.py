@@ -13,7 +13,7 @@ Every row is validated and the outcome is a ``LoadReport`` next to the problems:
 - ``load_*`` raise ``ValueError`` (naming the file, the bad fraction and the first reasons) only
   when ``rows_bad / rows_total > max_bad_fraction`` or no row is usable; ``validate_file`` never
   raises for bad rows.
-- ``solution_steps == tuple(split_units(solution.strip()))`` (``pope.units``), so the steps join
+- ``solution_steps == tuple(merge_headers(split_units(solution.strip())))`` (``pope.units``), so the steps join
   back to the stripped solution exactly, each keeping its trailing whitespace.
 
 Machine-checkable gold answers (tuned on the Omni-MATH, MATH-500, AIME and HMMT rows in
@@ -51,16 +51,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import logging
 import math
-import multiprocessing as mp
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pope.problems import Problem, builtin_arithmetic
-from pope.units import split_units
+from pope.units import merge_headers, split_units
+from pope.verify import MathVerifyRunner, unwrap_math
 
 NUM_REASONS_IN_ERROR = 5
 
@@ -172,118 +171,37 @@ def not_checkable_reason(answer: str) -> str | None:
     return None
 
 
-def unwrap_math(answer: str) -> str:
-    """The answer without surrounding whitespace and outer ``$``, ``$$``, ``\\[..\\]`` or ``\\(..\\)``."""
-    inner = answer.strip()
-    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)")):
-        if inner.startswith(opener) and inner.endswith(closer) and len(inner) >= len(opener) + len(closer):
-            return inner[len(opener) : len(inner) - len(closer)].strip()
-    return inner
-
-
-def wrap_answer(answer: str) -> str:
-    """``$answer$`` as math-verify wants a gold answer (outer math delimiters removed first)."""
-    return f"${unwrap_math(answer)}$"
-
-
-# ---- rule 6: math-verify in a killable child process ----
-
-
-def _parse_child(conn) -> None:
-    from math_verify import parse
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # one "timeout disabled" warning per call
-    parse(wrap_answer("1"), parsing_timeout=None)  # builds the grammars now, under the startup deadline
-    conn.send("ready")
-    while True:
-        try:
-            answer = conn.recv()
-        except EOFError:
-            return
-        if answer is None:
-            return
-        try:
-            parsed = parse(wrap_answer(answer), parsing_timeout=None)
-            conn.send(("ok", any(not isinstance(item, str) for item in parsed)))
-        except Exception as exc:  # deliberate: a parser failure is this row's reason, reported by the parent
-            conn.send(("error", f"{type(exc).__name__}: {exc}"[:300]))
-
-
 class AnswerChecker:
-    """Rules 1-5 in process, then math-verify's parse in a child killed after ``timeout_s`` per answer.
+    """Rules 1-5 in process, then math-verify's parse (``pope.verify``, task ``parse``) in a child
+    process killed after ``timeout_s`` per answer.
 
     The child starts on first use (importing math-verify takes seconds; that start has its own
     ``startup_timeout_s``) and is reused; a context manager, or ``close()``, stops it.
     """
 
     def __init__(self, timeout_s: float = 5.0, startup_timeout_s: float = 120.0):
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s={timeout_s}: must be > 0")
+        self._runner = MathVerifyRunner("parse", timeout_s, startup_timeout_s)
         self.timeout_s = timeout_s
-        self.startup_timeout_s = startup_timeout_s
-        self.num_timeouts = 0
-        self._ctx = mp.get_context("spawn")  # no fork of a process that may hold threads
-        self._proc = None
-        self._conn = None
 
-    def _start(self) -> None:
-        parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(
-            target=_parse_child, args=(child,), daemon=True, name="pope-answer-check"
-        )
-        self._proc.start()
-        child.close()
-        self._conn = parent
-        if not parent.poll(self.startup_timeout_s):
-            self.close()
-            raise RuntimeError(f"the math-verify process did not start within {self.startup_timeout_s} s")
-        try:
-            parent.recv()
-        except EOFError:
-            self._proc.join(timeout=5)
-            exitcode = self._proc.exitcode
-            self.close()
-            raise RuntimeError(f"the math-verify process exited at start (exit code {exitcode})") from None
-
-    def _kill(self) -> None:
-        self._proc.kill()
-        self._proc.join(timeout=5)
-        self._conn.close()
-        self._proc = self._conn = None
+    @property
+    def num_timeouts(self) -> int:
+        return self._runner.timeouts
 
     def reason(self, answer: str) -> str | None:
         """None when ``answer`` is machine-checkable, else why not."""
         if reason := not_checkable_reason(answer):
             return reason
-        if self._proc is None:
-            self._start()
-        try:
-            self._conn.send(answer)
-            if not self._conn.poll(self.timeout_s):
-                self._kill()
-                self.num_timeouts += 1
-                return f"math-verify parse exceeded {self.timeout_s:g} s"
-            status, value = self._conn.recv()
-        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:  # the child died (e.g. memory)
-            self._kill()
-            return f"math-verify process died ({type(exc).__name__})"
-        if status == "error":
-            return f"math-verify failed: {value}"
-        return None if value else "not machine-checkable: math-verify finds no mathematical object"
+        (outcome,) = self._runner.run([answer])
+        if outcome.status == "timeout":
+            return f"math-verify parse exceeded {self.timeout_s:g} s"
+        if outcome.status == "died":
+            return str(outcome.value)
+        if outcome.status == "error":
+            return f"math-verify failed: {outcome.value}"
+        return None if outcome.value else "not machine-checkable: math-verify finds no mathematical object"
 
     def close(self) -> None:
-        if self._proc is None:
-            return
-        try:
-            self._conn.send(None)
-            self._proc.join(timeout=2)
-        except (BrokenPipeError, OSError):
-            pass  # already gone; killed below if not
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(timeout=5)
-        self._conn.close()
-        self._proc = self._conn = None
+        self._runner.close()
 
     def __enter__(self) -> AnswerChecker:
         return self
@@ -431,7 +349,7 @@ def _problem_from_row(
         problem_id=problem_id,
         problem=problem,
         answer=answer,
-        solution_steps=tuple(split_units(solution.strip())),
+        solution_steps=tuple(merge_headers(split_units(solution.strip()))),
         source=source,
         prefix_units=prefix_units,
     )

@@ -1,4 +1,4 @@
-"""Oracle solutions split into units: sentences or steps (default), or tokens.
+"""Oracle solutions split into units: sentences or steps.
 
 A guided prompt shows the first ``i`` units of an oracle solution. Units are cut losslessly:
 
@@ -21,6 +21,9 @@ Not a sentence end: a period after an abbreviation (``e.g.``, ``i.e.``, ``Fig.``
 of an ellipsis, the period of an enumerator that is the whole unit so far (``1.``, ``(a)``,
 ``Step 2.``), ``!`` after a digit or ``)`` (a factorial). A decimal such as ``3.14`` is never cut
 since no whitespace follows its point.
+
+A header alone (``### Solution``, ``**Solution:**``) is no step of the solution: ``merge_headers``
+joins it to the unit after it, so a guided prompt never shows a header as its whole prefix.
 """
 
 from __future__ import annotations
@@ -160,18 +163,28 @@ def prefix(text: str, num_units: int) -> str:
     return "".join(units[:num_units])
 
 
-def split_token_units(text: str, tokenizer) -> list[str]:
-    """The text cut at the start offset of every token of a fast tokenizer; joins back to ``text``.
+_HEADER = re.compile(r"\s*(?:#{1,6}[ \t]+[^\n]*|\*\*[^*\n]+\*\*:?|__[^_\n]+__:?|[A-Z][a-z]+(?: \d+)?:)\s*")
 
-    Characters no token covers (whitespace some tokenizers drop) stay with the unit before them.
-    Tokens that share a start offset (the bytes of one multi-byte character) make one unit, so a
-    unit is one token or a few tokens of a single character.
-    """
-    if not text:
-        return []
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: token units need its offsets")
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    starts = {start for start, end in encoding["offset_mapping"] if end > start and 0 < start < len(text)}
-    cuts = [0, *sorted(starts), len(text)]
-    return [text[a:b] for a, b in pairwise(cuts)]
+
+def is_header(unit: str) -> bool:
+    """A unit that only titles what follows: a Markdown heading, a bold line, or ``Solution:``."""
+    return bool(_HEADER.fullmatch(unit))
+
+
+def merge_headers(units: list[str]) -> list[str]:
+    """``units`` with each header-only unit joined to the unit after it (a trailing header stays);
+    the join of the result is the join of ``units``."""
+    out: list[str] = []
+    carry = ""
+    for unit in units:
+        if is_header(unit):
+            carry += unit
+            continue
+        out.append(carry + unit)
+        carry = ""
+    if carry:
+        if out:
+            out[-1] += carry
+        else:
+            out.append(carry)
+    return out

@@ -119,16 +119,16 @@ def test_killed_component_is_restarted(tmp_path, marker):
             gid.rsplit("-", 1)[0] for gid in summary["trained_group_ids"] if gid.startswith("actor")
         }
         assert len(incarnations) >= 3, "the restarted actor's groups (a new incarnation) were not trained"
-        # group ids end with the prompt's position in the actor's sampler: over all incarnations of an
-        # actor, every position 0..n-1 appears once. The restarted one regenerated exactly the prompts
-        # the killed one had not written (a restart from 0 repeats positions, a skip leaves a gap)
+        # group ids end with the prompt's position in the run's one sampler (actors claim positions
+        # from one counter): over every actor and incarnation, each position 0..n-1 appears once. The
+        # restarted actor asked exactly the positions the killed one had claimed and not written (a
+        # restart from scratch repeats positions, a skip leaves a gap)
         accounted = summary["trained_group_ids"] + summary["in_flight_group_ids"]
         accounted += [
             g for reason, ids in summary["skipped_group_ids"].items() if reason != "duplicate" for g in ids
         ]
-        for actor in {gid.split("-", 1)[0] for gid in accounted}:
-            positions = sorted(int(g.rsplit("-", 1)[1]) for g in accounted if g.startswith(actor + "-"))
-            assert positions == list(range(len(positions))), (actor, positions)
+        positions = sorted(int(g.rsplit("-", 1)[1]) for g in accounted)
+        assert positions == list(range(len(positions))), positions
 
 
 def test_killed_learner_resumes_exactly(tmp_path):

@@ -92,3 +92,15 @@ def test_config_package_imports_no_heavy_library():
     code = "import sys, pope.config, broker.schemas; print(sorted(m for m in ('torch','ray','vllm','deepspeed') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_settings_that_bias_the_method_are_refused():
+    from pope.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="actors.top_p"):
+        load_config(None, ["actors.top_p=0.8"])
+    with pytest.raises(ConfigError, match="k1"):
+        load_config(None, ["learner.kl_coef=0.1", "learner.kl_estimator=k1"])
+    with pytest.raises(ConfigError, match="pair_variants"):
+        load_config(None, ["data.pair_variants=true", "data.guided_fraction=0.25"])
+    load_config(None, ["learner.kl_coef=0.1", "learner.kl_estimator=k3", "data.pair_variants=true"])

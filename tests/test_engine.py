@@ -45,3 +45,8 @@ def test_in_process_engine_samples_what_the_multiprocess_engine_samples(tmp_path
     lengths = {len(ids) for call in inproc["calls"] for ids, _, _ in call}
     assert len(lengths) > 3
     assert all(lp <= 0.0 for call in inproc["calls"] for _, lps, _ in call for lp in lps)
+    # one seed per request: two copies of a prompt in one call draw different groups (with one seed
+    # for the whole call, as before, vLLM gave both the same streams and so the same 8 samples)
+    first, second = inproc["twins"]
+    assert first != second
+    assert sum(a == b for a, b in zip(first, second, strict=True)) <= 2

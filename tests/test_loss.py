@@ -97,6 +97,8 @@ def _scored(prompt, completions, advantages):
         answer="1",
         prompt_ids=PackedArray.of(prompt, "int32"),
         rollouts=rollouts,
+        temperature=1.0,
+        max_new_tokens=64,
         policy_version_start=0,
         policy_version_end=0,
         actor_id="a",

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from broker.schemas import (
+    SCHEMA_VERSION,
     DecodeError,
     PackedArray,
     Rollout,
@@ -42,6 +43,8 @@ def make_group(group_id="actor0-0000001") -> RolloutGroup:
         answer="3",
         prompt_ids=PackedArray.of([1, 2, 3, 4], "int32"),
         rollouts=rollouts,
+        temperature=1.0,
+        max_new_tokens=64,
         policy_version_start=2,
         policy_version_end=2,
         actor_id="actor0",
@@ -83,7 +86,7 @@ def test_round_trip(message):
 def test_encoding_is_msgpack_not_pickle():
     payload = encode(make_group())
     tree = msgpack.unpackb(payload)
-    assert tree["kind"] == "rollout_group" and tree["schema_version"] == 1
+    assert tree["kind"] == "rollout_group" and tree["schema_version"] == SCHEMA_VERSION
     assert isinstance(tree["rollouts"][0]["completion_ids"]["data"], bytes)
     assert not payload.startswith(b"\x80")  # a pickle protocol header
 
@@ -98,7 +101,7 @@ def test_decode_rejects_garbage_with_reason():
     with pytest.raises(DecodeError, match="schema_version"):
         decode(msgpack.packb({"kind": "stop", "schema_version": 99, "reason": "x"}))
     with pytest.raises(DecodeError, match="reason"):
-        decode(msgpack.packb({"kind": "stop", "schema_version": 1}))
+        decode(msgpack.packb({"kind": "stop", "schema_version": SCHEMA_VERSION}))
 
 
 def test_unknown_fields_rejected():

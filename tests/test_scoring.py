@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from preprocess.scoring import Verifier, wrap_gold
+from pope.verify import wrap_gold
+from preprocess.scoring import Verifier
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.unit
@@ -81,3 +82,10 @@ def test_hang_inside_a_batch_is_killed_and_the_rest_scored(verifier):
     assert elapsed < verifier.timeout_s + 2.0  # one deadline, not one per remaining item
     assert verifier.stats.timeouts == before_timeouts + 1
     assert verifier.stats.restarts == before_restarts + 1
+
+
+def test_one_gold_wrapper_for_validation_and_scoring():
+    """Every math delimiter a dataset may use gives the same gold string (validation and scoring used
+    to wrap $$x$$ and \\[x\\] differently)."""
+    for raw in ("x^2", "$x^2$", "$$x^2$$", "\\[x^2\\]", "\\(x^2\\)", "  $x^2$ "):
+        assert wrap_gold(raw) == "$x^2$", raw

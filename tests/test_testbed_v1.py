@@ -41,7 +41,7 @@ def test_answer_space_is_large_and_uniform():
 
 @pytest.mark.unit
 def test_solutions_verify_with_math_verify_and_truncations_do_not():
-    from preprocess.scoring import verify_one
+    from pope.verify import verify_one
 
     rng = random.Random(3)
     for difficulty in (1, 4, 9):
@@ -58,7 +58,6 @@ def test_solutions_verify_with_math_verify_and_truncations_do_not():
 
 @pytest.mark.unit
 def test_difficulty_is_the_number_of_steps():
-    from pope.prompts import max_prefix_units
     from pope.units import split_units
 
     for difficulty in range(1, 10):
@@ -67,7 +66,7 @@ def test_difficulty_is_the_number_of_steps():
         # the units the pipeline cuts from the JSONL solution are the steps plus the answer sentence
         assert tuple(split_units(problem.solution)) == problem.solution_steps
         assert len(problem.solution_steps) == difficulty + 1
-        assert 1 <= max_prefix_units(problem, 0.25) < len(problem.solution_steps)
+        assert 1 <= tb.v1_prefix_limit(problem, 0.25) < len(problem.solution_steps)
     assert tb.chain("1234", 3)[-1] == tb.step(tb.step(tb.step("1234")))
     with pytest.raises(ValueError):
         tb.make_problem("1234", 10, "d")

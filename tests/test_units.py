@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pope.units import prefix, split_token_units, split_units
+from pope.units import merge_headers, prefix, split_units
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.unit
@@ -114,49 +114,20 @@ def test_every_real_solution_joins_back_and_no_boundary_is_inside_math():
     assert num_units > 3 * len(solutions)  # it does split: these are multi-sentence solutions
 
 
-@pytest.fixture(scope="module")
-def byte_level_tokenizer():
-    from pope.models.tiny import build_tokenizer
-
-    return build_tokenizer([text for _, _, text in _solutions()])
-
-
-def test_token_units_join_back_on_every_real_solution(byte_level_tokenizer):
-    for name, row, text in _solutions():
-        units = split_token_units(text, byte_level_tokenizer)
-        assert "".join(units) == text, f"{name}:{row}"
-        assert all(units), f"{name}:{row}"
+def test_header_only_units_join_the_unit_after_them():
+    units = ["### Solution\n\n", "First, $x = 1$. ", "**Step 2:** ", "Then $y = 2$.\n", "## End\n"]
+    merged = merge_headers(units)
+    assert merged == ["### Solution\n\nFirst, $x = 1$. ", "**Step 2:** Then $y = 2$.\n## End\n"]
+    assert "".join(merged) == "".join(units)
+    assert merge_headers(["Solution:\n"]) == ["Solution:\n"]
+    assert merge_headers(["The answer is 3. ", "So:"]) == ["The answer is 3. So:"]
 
 
-def test_token_units_are_the_tokens_on_ascii_text(byte_level_tokenizer):
-    """On ASCII text each byte-level token is one unit: decoding token by token gives the units."""
-    checked = 0
-    for _, _, text in _solutions():
-        if not text.isascii():
-            continue
-        ids = byte_level_tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert split_token_units(text, byte_level_tokenizer) == [
-            byte_level_tokenizer.decode([i]) for i in ids
-        ]
-        checked += 1
-    assert checked > 100
+def test_headers_are_not_counted_on_the_real_solutions():
+    """No loaded problem's solution step is a header alone (MATH-500 and Omni-MATH samples)."""
+    from pope.datasets import FieldMap, load_file
+    from pope.units import is_header
 
-
-def test_token_units_of_multibyte_characters_merge():
-    from pope.models.tiny import build_tokenizer
-
-    tokenizer = build_tokenizer(["abc abc"])  # never saw "≥": its three bytes are three tokens
-    text = "a ≥ b"
-    assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) > len(text.split())
-    units = split_token_units(text, tokenizer)
-    assert "".join(units) == text
-    assert any("≥" in unit for unit in units)  # the character is never cut between its bytes
-    assert split_token_units("", tokenizer) == []
-
-
-def test_token_units_need_a_fast_tokenizer():
-    class SlowTokenizer:
-        is_fast = False
-
-    with pytest.raises(ValueError, match="not a fast tokenizer"):
-        split_token_units("x", SlowTokenizer())
+    for name in ("omni_math_sample.jsonl", "math500_sample.jsonl"):
+        problems, _ = load_file(SHARED_DATA / name, FieldMap(), max_bad_fraction=1.0)
+        assert all(not is_header(step) for p in problems for step in p.solution_steps[:-1]), name

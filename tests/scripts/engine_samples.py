@@ -42,12 +42,15 @@ def main() -> None:
     calls = []
     for call in range(2):
         groups = engine.generate(
-            prompts[call * 4 : (call + 1) * 4], SamplingSettings(8, 32, 1.0, 1.0, seed=call)
+            prompts[call * 4 : (call + 1) * 4], SamplingSettings(8, 32, 1.0, 1.0, seeds=tuple((call * 4 + j) * 8 for j in range(4)))
         )
         calls.append([[s.token_ids, s.logprobs, s.finish_reason] for group in groups for s in group])
+    # two copies of one prompt in one call, each request its own seed (rollout i: seed + i)
+    twins = engine.generate([prompts[0], prompts[0]], SamplingSettings(8, 32, 1.0, 1.0, seeds=(1000, 1008)))
+    twins = [[s.token_ids for s in group] for group in twins]
     engine.close()
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"calls": calls, "children": children}, f)
+        json.dump({"calls": calls, "children": children, "twins": twins}, f)
 
 
 def _child_names() -> list[str]:

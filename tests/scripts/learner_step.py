@@ -44,7 +44,8 @@ def fixed_batch(seed: int, groups: int, rollouts: int, vocab: int) -> list[Score
         mean = sum(rewards) / len(rewards)
         group = RolloutGroup(
             run_id="t", group_id=f"g{seed}-{g}", problem_id="p", variant="unguided", answer="1",
-            prompt_ids=PackedArray.of(prompt, "int32"), rollouts=items, policy_version_start=0,
+            prompt_ids=PackedArray.of(prompt, "int32"), rollouts=items, temperature=1.0,
+            max_new_tokens=64, policy_version_start=0,
             policy_version_end=0, actor_id="a", sampled_at=0.0, generate_s=0.0,
         )  # fmt: skip
         out.append(ScoredGroup(group=group, rewards=rewards, advantages=[r - mean for r in rewards],
