@@ -26,7 +26,7 @@ from typing import Any
 
 from actors.engine import SamplingSettings
 from actors.engines import make_engine
-from broker.schemas import PackedArray, Rollout, RolloutGroup
+from broker.schemas import ActorProgress, PackedArray, Rollout, RolloutGroup
 from broker.streams import ControlChannel, PositionClaims, Producer, ProgressReporter, connect
 from pope.config import PopeConfig
 from pope.models.folder import ModelFolder, local_folder
@@ -270,11 +270,12 @@ class RolloutActor:
 
     def _report_progress(self, force: bool = False) -> None:
         self.progress.report(
-            lambda: {
-                "groups": float(self.stats.groups_produced),
-                "tokens": float(self.stats.completion_tokens),
-                "policy_version": float(self.version),
-            },
+            lambda component: ActorProgress(
+                component=component,
+                groups=self.stats.groups_produced,
+                tokens=self.stats.completion_tokens,
+                policy_version=self.version,
+            ),
             force,
         )
 

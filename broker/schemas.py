@@ -13,7 +13,9 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 2  # 2: RolloutGroup.position, pair, seed, temperature, max_new_tokens
+SCHEMA_VERSION = (
+    2  # 2: RolloutGroup.position, pair, seed, temperature, max_new_tokens; typed progress, step reports
+)
 
 _DTYPES = {"int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8"}
 
@@ -108,24 +110,59 @@ class WeightsPublished(Message):
 
 
 class StepReport(Message):
-    """Per-step metrics, for the launcher's progress line."""
+    """One learner step, for the launcher's progress line and the Prometheus exporter. The fields
+    are the contract; ``metrics`` holds every other number of the step (metrics.jsonl has them all)."""
 
     kind: Literal["step_report"] = "step_report"
     schema_version: int = SCHEMA_VERSION
-    step: int
-    metrics: dict[str, float]
+    step: int = Field(ge=0)
+    loss: float
+    reward_mean: float = Field(description="Over every rollout of the step's groups, before any filter.")
+    reward_mean_by_variant: dict[str, float] = Field(default_factory=dict)
+    solve_rate_by_variant: dict[str, float] = Field(
+        default_factory=dict, description="Per variant: share of the step's groups with a success."
+    )
+    hard_solved_unguided_fraction: float | None = Field(
+        None, description="Share of the hard set with an unguided success in the trailing window."
+    )
+    tokens_trained: float = Field(ge=0)
+    policy_lag_mean: float = Field(description="Versions behind, over the trained groups.")
+    step_s: float = Field(ge=0)
+    data_wait_s: float = Field(ge=0)
+    forward_backward_s: float = Field(ge=0)
+    optimizer_s: float = Field(ge=0)
+    broadcast_s: float = Field(ge=0)
     policy_lags: list[int] = Field(
         default_factory=list, description="Per trained group: versions behind, >= 0."
     )
+    metrics: dict[str, float] = Field(default_factory=dict, description="Every other number of the step.")
 
 
-class Progress(Message):
-    """A component's cumulative counters and current gauges, published every few seconds."""
+class ActorProgress(Message):
+    """An actor's heartbeat and counters (cumulative since it started), every few seconds."""
 
-    kind: Literal["progress"] = "progress"
+    kind: Literal["actor_progress"] = "actor_progress"
     schema_version: int = SCHEMA_VERSION
-    component: str = Field(description="'actor<i>' or 'preprocess<i>'.")
-    values: dict[str, float] = Field(description="Counters are cumulative since the component started.")
+    component: str = Field(description="'actor<i>'.")
+    groups: int = Field(ge=0, description="Rollout groups written.")
+    tokens: int = Field(ge=0, description="Completion tokens generated.")
+    policy_version: int = Field(ge=0, description="The weight version the engine holds.")
+
+
+class PreprocessProgress(Message):
+    """A preprocess worker's heartbeat and counters (cumulative since it started)."""
+
+    kind: Literal["preprocess_progress"] = "preprocess_progress"
+    schema_version: int = SCHEMA_VERSION
+    component: str = Field(description="'preprocess<i>'.")
+    groups: int = Field(ge=0, description="Groups scored and published.")
+    correct: int = Field(ge=0)
+    wrong: int = Field(ge=0)
+    timeout: int = Field(ge=0)
+    error: int = Field(ge=0)
+
+
+Progress = (ActorProgress, PreprocessProgress)  # isinstance(message, Progress): a heartbeat
 
 
 class ScaleRequest(Message):
@@ -156,7 +193,15 @@ class DeadLetter(Message):
 
 
 AnyMessage = Annotated[
-    RolloutGroup | ScoredGroup | WeightsPublished | StepReport | Progress | ScaleRequest | Stop | DeadLetter,
+    RolloutGroup
+    | ScoredGroup
+    | WeightsPublished
+    | StepReport
+    | ActorProgress
+    | PreprocessProgress
+    | ScaleRequest
+    | Stop
+    | DeadLetter,
     Field(discriminator="kind"),
 ]
 _ANY = TypeAdapter(AnyMessage)

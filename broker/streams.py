@@ -61,8 +61,6 @@ def sampler_position(client, run_id: str, producer: str) -> int:
     return int(client.hget(sampler_key(run_id), producer) or 0)
 
 
-
-
 _CLAIM = """
 local stop = redis.call('HINCRBY', KEYS[1], '__next__', ARGV[2])
 local start = stop - tonumber(ARGV[2])
@@ -477,10 +475,10 @@ class ProgressReporter:
         self.interval_s = interval_s
         self._last = 0.0
 
-    def report(self, values: Callable[[], dict[str, float]], force: bool = False) -> None:
+    def report(self, message: Callable[[str], Message], force: bool = False) -> None:
+        """Publish ``message(component)`` (an ``ActorProgress`` or ``PreprocessProgress``), at most
+        every ``interval_s`` unless ``force``."""
         now = time.monotonic()
         if force or now - self._last >= self.interval_s:
             self._last = now
-            from broker.schemas import Progress
-
-            self.control.publish(Progress(component=self.component, values=values()))
+            self.control.publish(message(self.component))

@@ -316,12 +316,7 @@ class Learner:
         with open(self.metrics_path, "a", encoding="utf-8") as log:
             while self.policy.step_count < steps:
                 start = time.monotonic()
-                groups, entry_ids = self.collect()
-                trained = self._signal(groups)
-                while not trained:  # every group of the step is zero-variance: no signal, take another
-                    more, more_ids = self.collect()
-                    groups, entry_ids = groups + more, entry_ids + more_ids
-                    trained = self._signal(more)
+                groups, trained, entry_ids = self._collect_step()
                 data_wait_s = time.monotonic() - start
                 metrics = self.policy.train_step(trained)
                 if metrics.get("nonfinite"):
@@ -329,76 +324,16 @@ class Learner:
                     continue
                 self.nonfinite_in_a_row = 0
                 self.policy.version += 1
-                try:
-                    broadcast_s, num_bytes, sent, received = self.broadcast()
-                except (
-                    RuntimeError,
-                    TimeoutError,
-                    OSError,
-                ) as exc:  # deliberate: an actor died mid-broadcast
-                    broadcast_s, num_bytes, sent, received = self._recover_broadcast(exc)
-                self.control.publish(
-                    WeightsPublished(
-                        version=self.version,
-                        step=self.policy.step_count,
-                        broadcast_s=broadcast_s,
-                        num_bytes=num_bytes,
-                    )
-                )
+                broadcast_s, sent, received = self._publish_weights()
                 self.trained_group_ids.extend(g.group.group_id for g in trained)
-                self._unacked.extend(entry_ids)
-                every = self.cfg.checkpoint_every
-                if every == 0:
-                    self.consumer.ack(self._unacked)
-                    self._unacked = []
-                elif self.policy.step_count % every == 0 or self.policy.step_count >= steps:
-                    self.save_checkpoint()
-                # what the step saw, before the zero-variance filter: rewards, solve rates, lags
-                rewards = [r for g in groups for r in g.rewards]
-                lags = [self.version - 1 - g.group.policy_version_start for g in trained]
-                metrics.update(
-                    data_wait_s=data_wait_s,
-                    broadcast_s=broadcast_s,
-                    step_s=time.monotonic() - start,
-                    reward_mean=sum(rewards) / len(rewards),
-                    policy_lag_min=float(min(lags)),
-                    policy_lag_mean=sum(lags) / len(lags),
-                    policy_lag_max=float(max(lags)),
-                    groups_skipped_zero_variance=float(len(self.skipped["zero_variance"])),
-                    groups_skipped_stale=float(len(self.skipped["stale"])),
-                    groups_in_step=float(len(groups)),
-                    groups_trained=float(len(trained)),
-                    groups_held=float(self.mix.held()),
-                )
+                self._commit(entry_ids, steps)
+                metrics.update(data_wait_s=data_wait_s, broadcast_s=broadcast_s)
+                step_metrics, lags = self._step_metrics(groups, trained)
+                metrics.update(step_metrics)
+                metrics["step_s"] = time.monotonic() - start
                 for key in self.totals:
                     self.totals[key] += metrics[key]
-                by_variant: dict[str, list[float]] = {}
-                for g in groups:
-                    by_variant.setdefault(g.group.variant, []).extend(g.rewards)
-                for variant, values in by_variant.items():
-                    metrics[f"reward_mean_{variant}"] = sum(values) / len(values)
-                    total = self.reward_sums.setdefault(variant, [0.0, 0.0])
-                    total[0] += sum(values)
-                    total[1] += len(values)
-                metrics.update(self._solve_rates(groups))
-                line = {
-                    "step": self.policy.step_count,
-                    "learner_version": self.version,
-                    "time": time.time(),
-                    **metrics,
-                    "weights_checksum_learner": sent,
-                    "weights_checksum_actors": received,
-                    "groups": [{**_lineage(g), "trained": g in trained} for g in groups],
-                }
-                log.write(json.dumps(line) + "\n")
-                log.flush()
-                self.control.publish(
-                    StepReport(
-                        step=self.policy.step_count,
-                        metrics={k: float(v) for k, v in metrics.items()},
-                        policy_lags=[max(0, lag) for lag in lags],
-                    )
-                )
+                self._log_step(log, metrics, lags, groups, trained, sent, received)
         return {
             "steps": self.policy.step_count,
             "learner_version": self.version,
@@ -409,6 +344,111 @@ class Learner:
             "reward_sums": self.reward_sums,
             **self.totals,
         }
+
+    def _collect_step(self) -> tuple[list[ScoredGroup], list[ScoredGroup], list[str]]:
+        """The step's groups, those the loss sees, and the entry ids to acknowledge with it. When
+        every group of a step is zero-variance (no signal, under skip_zero_variance_groups), the
+        next step's groups join it."""
+        groups, entry_ids = self.collect()
+        trained = self._signal(groups)
+        while not trained:
+            more, more_ids = self.collect()
+            groups, entry_ids = groups + more, entry_ids + more_ids
+            trained = self._signal(more)
+        return groups, trained, entry_ids
+
+    def _publish_weights(self) -> tuple[float, float, list[float]]:
+        """Broadcast the new version to every actor (recovering through a regroup when one died
+        mid-broadcast), then announce it; returns (seconds, learner checksum, actors' checksums)."""
+        try:
+            broadcast_s, num_bytes, sent, received = self.broadcast()
+        except (RuntimeError, TimeoutError, OSError) as exc:  # deliberate: an actor died mid-broadcast
+            broadcast_s, num_bytes, sent, received = self._recover_broadcast(exc)
+        self.control.publish(
+            WeightsPublished(
+                version=self.version,
+                step=self.policy.step_count,
+                broadcast_s=broadcast_s,
+                num_bytes=num_bytes,
+            )
+        )
+        return broadcast_s, sent, received
+
+    def _commit(self, entry_ids: list[str], steps: int) -> None:
+        """Acknowledge the step's entries now (no checkpoints), or once a checkpoint holds them."""
+        self._unacked.extend(entry_ids)
+        every = self.cfg.checkpoint_every
+        if every == 0:
+            self.consumer.ack(self._unacked)
+            self._unacked = []
+        elif self.policy.step_count % every == 0 or self.policy.step_count >= steps:
+            self.save_checkpoint()
+
+    def _step_metrics(
+        self, groups: list[ScoredGroup], trained: list[ScoredGroup]
+    ) -> tuple[dict[str, float], list[int]]:
+        """What the step saw, before the zero-variance filter (rewards, solve rates); and the policy
+        lag of each group it trained."""
+        rewards = [r for g in groups for r in g.rewards]
+        lags = [self.version - 1 - g.group.policy_version_start for g in trained]
+        out = {
+            "reward_mean": sum(rewards) / len(rewards),
+            "policy_lag_min": float(min(lags)),
+            "policy_lag_mean": sum(lags) / len(lags),
+            "policy_lag_max": float(max(lags)),
+            "groups_skipped_zero_variance": float(len(self.skipped["zero_variance"])),
+            "groups_skipped_stale": float(len(self.skipped["stale"])),
+            "groups_in_step": float(len(groups)),
+            "groups_trained": float(len(trained)),
+            "groups_held": float(self.mix.held()),
+        }
+        by_variant: dict[str, list[float]] = {}
+        for g in groups:
+            by_variant.setdefault(g.group.variant, []).extend(g.rewards)
+        for variant, values in by_variant.items():
+            out[f"reward_mean_{variant}"] = sum(values) / len(values)
+            total = self.reward_sums.setdefault(variant, [0.0, 0.0])
+            total[0] += sum(values)
+            total[1] += len(values)
+        out.update(self._solve_rates(groups))
+        return out, [max(0, lag) for lag in lags]
+
+    def _log_step(self, log, metrics: dict, lags: list[int], groups, trained, sent, received) -> None:
+        """One line of metrics.jsonl (with each group's lineage), and the step report."""
+        step = self.policy.step_count
+        line = {
+            "step": step,
+            "learner_version": self.version,
+            "time": time.time(),
+            **metrics,
+            "weights_checksum_learner": sent,
+            "weights_checksum_actors": received,
+            "groups": [{**_lineage(g), "trained": g in trained} for g in groups],
+        }
+        log.write(json.dumps(line) + "\n")
+        log.flush()
+        named = ("loss", "reward_mean", "tokens_trained", "policy_lag_mean", "step_s", "data_wait_s",
+                 "forward_backward_s", "optimizer_s", "broadcast_s", "hard_solved_unguided_fraction")  # fmt: skip
+        self.control.publish(
+            StepReport(
+                step=step,
+                **{key: float(metrics[key]) for key in named if key in metrics},
+                reward_mean_by_variant={
+                    k.removeprefix("reward_mean_"): v
+                    for k, v in metrics.items()
+                    if k.startswith("reward_mean_")
+                },
+                solve_rate_by_variant={
+                    k.removeprefix("solve_rate_"): v
+                    for k, v in metrics.items()
+                    if k.startswith("solve_rate_")
+                },
+                policy_lags=lags,
+                metrics={
+                    k: float(v) for k, v in metrics.items() if k not in named and isinstance(v, int | float)
+                },
+            )
+        )
 
     def _solve_rates(self, groups: list[ScoredGroup]) -> dict[str, float]:
         """Per variant, the share of this step's groups with at least one success; and the headline:

@@ -113,14 +113,58 @@ def _start_ray(config: PopeConfig) -> bool:
 
 
 def _progress(report: StepReport, steps: int, started: float, lag: int) -> str:
-    m = report.metrics
     elapsed = time.monotonic() - started
-    completions = m.get("tokens_trained", 0.0)
     return (
-        f"step {report.step}/{steps} | reward {m.get('reward_mean', 0.0):.3f} | loss {m.get('loss', 0.0):+.4f} | "
-        f"buffer lag {lag} groups | policy lag {m.get('policy_lag_mean', 0.0):.1f} | weights v{report.step} | "
-        f"step {m.get('step_s', 0.0):.1f}s | tokens trained {completions:.0f} | {elapsed:.0f}s"
+        f"step {report.step}/{steps} | reward {report.reward_mean:.3f} | loss {report.loss:+.4f} | "
+        f"buffer lag {lag} groups | policy lag {report.policy_lag_mean:.1f} | weights v{report.step} | "
+        f"step {report.step_s:.1f}s | tokens trained {report.tokens_trained:.0f} | {elapsed:.0f}s"
     )
+
+
+def _open_broker(stack: ExitStack, config: PopeConfig, run_dir, printer):
+    """Redis (embedded and supervised unless ``broker.redis_url``), the run's streams and control
+    channel, and the metrics exporter; everything closes with ``stack``."""
+    run_id = config.run.run_id
+    server = None
+    if config.broker.redis_url:
+        redis_url = config.broker.redis_url  # external: never restarted by pope
+    else:
+        server = stack.enter_context(EmbeddedRedis(run_dir / "redis", persistence=config.broker.persistence))
+        server.supervise(config.broker.max_redis_restarts, printer)
+        redis_url = server.url
+    client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
+    stack.callback(client.close)
+    upkeep = _RedisUpkeep(server, client, run_id, config.broker.trim_every_s, redis_url)
+    ensure_groups(client, run_id)
+    control = ControlChannel(client, run_id)
+    control.skip_history()
+    metrics = None
+    if config.metrics.enabled:
+        try:
+            metrics = RunMetrics(run_id, client, config.metrics.port, config.metrics.host)
+            stack.callback(metrics.close)
+            printer(f"metrics: http://{config.metrics.host}:{metrics.port}/metrics")
+        except OSError as exc:  # deliberate: a busy port costs the metrics, not the run
+            printer(f"metrics disabled: cannot serve on {config.metrics.host}:{config.metrics.port}: {exc}")
+    return redis_url, client, upkeep, control, metrics
+
+
+def _resolve_inputs(config: PopeConfig, printer):
+    """What every component needs, resolved once, before any process starts (a bad dataset, mix or
+    model fails here): the sampler's problems, the easy problems, the model folder."""
+    problems = run_problems(config.data, config.run.seed)
+    easy = run_problems(config.data, config.run.seed, easy=True) if config.data.easy_source else None
+    schedule = PromptSchedule(problems, config.data, config.run.seed, config.learner.groups_per_step, easy)
+    if schedule.not_guidable:
+        shown = ", ".join(p.problem_id for p in schedule.not_guidable[:10])
+        printer(
+            f"data: {len(schedule.not_guidable)} of {len(problems)} problems have no prefix shorter than "
+            f"data.prefix_fraction={config.data.prefix_fraction} of their solution: left out of this mix "
+            f"({shown}{', ...' if len(schedule.not_guidable) > 10 else ''})"
+        )
+    printer(f"data: each learner step holds {schedule.quota}{' (paired)' if schedule.paired else ''}")
+    model_path = str(resolve_model_path(config.model.path, config.model.cache_dir, config.run.seed))
+    return schedule, easy, model_path
 
 
 def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
@@ -141,48 +185,9 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
     t_start = time.monotonic()
 
     with ExitStack() as stack:
-        server = None
-        if config.broker.redis_url:
-            redis_url = config.broker.redis_url  # external: never restarted by pope
-        else:
-            server = stack.enter_context(
-                EmbeddedRedis(run_dir / "redis", persistence=config.broker.persistence)
-            )
-            server.supervise(config.broker.max_redis_restarts, printer)
-            redis_url = server.url
-        client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
-        stack.callback(client.close)
-        upkeep = _RedisUpkeep(server, client, run_id, config.broker.trim_every_s, redis_url)
-        ensure_groups(client, run_id)
-        control = ControlChannel(client, run_id)
-        control.skip_history()
-        metrics = None
-        if config.metrics.enabled:
-            try:
-                metrics = RunMetrics(run_id, client, config.metrics.port, config.metrics.host)
-                stack.callback(metrics.close)
-                printer(f"metrics: http://{config.metrics.host}:{metrics.port}/metrics")
-            except OSError as exc:  # deliberate: a busy port costs the metrics, not the run
-                printer(
-                    f"metrics disabled: cannot serve on {config.metrics.host}:{config.metrics.port}: {exc}"
-                )
-
-        # resolved once, here, before any process starts (a bad dataset or mix fails now): every
-        # component gets these, no component loads or validates them again
-        problems = run_problems(config.data, config.run.seed)
-        easy = run_problems(config.data, config.run.seed, easy=True) if config.data.easy_source else None
-        schedule = PromptSchedule(
-            problems, config.data, config.run.seed, config.learner.groups_per_step, easy
-        )
-        if schedule.not_guidable:
-            printer(
-                f"data: {len(schedule.not_guidable)} of {len(problems)} problems have no prefix shorter than "
-                f"data.prefix_fraction={config.data.prefix_fraction} of their solution: left out of this mix "
-                f"({', '.join(p.problem_id for p in schedule.not_guidable[:10])}"
-                f"{', ...' if len(schedule.not_guidable) > 10 else ''})"
-            )
-        printer(f"data: each learner step holds {schedule.quota}{' (paired)' if schedule.paired else ''}")
-        model_path = str(resolve_model_path(config.model.path, config.model.cache_dir, config.run.seed))
+        redis_url, client, upkeep, control, metrics = _open_broker(stack, config, run_dir, printer)
+        schedule, easy, model_path = _resolve_inputs(config, printer)
+        problems = schedule.hard + schedule.not_guidable
         printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
 
         started_ray = _start_ray(config)
@@ -190,9 +195,9 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
             stack.callback(ray.shutdown)
         # a built-in model travels with its files: a node that cannot see the driver's folder writes them
         model = ModelFolder.of(model_path, ship=config.model.path.startswith("builtin:"))
-        pools = Pools(
-            config, model, redis_url, _process_env(config, 1), ray.put(schedule.hard), ray.put(easy)
-        )
+        # problems go by value: Ray keeps them with each actor's creation task, so a restarted actor
+        # gets them again (an object put here was not always retrievable at the restart)
+        pools = Pools(config, model, redis_url, _process_env(config, 1), schedule.hard, easy)
         stack.callback(_kill_all, pools.all_handles)
         _write_connection(run_dir, run_id, redis_url)
 

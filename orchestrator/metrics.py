@@ -12,7 +12,7 @@ from __future__ import annotations
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from broker.schemas import Message, Progress, StepReport, WeightsPublished
+from broker.schemas import ActorProgress, Message, PreprocessProgress, StepReport, WeightsPublished
 from broker.streams import oldest_unconsumed_age_s, stream_health, stream_key
 
 LAG_BUCKETS = (0, 1, 2, 4, 8, 16, 32)
@@ -90,30 +90,26 @@ class RunMetrics:
 
     def _observe(self, message: Message) -> None:
         rid = self.run_id
-        if isinstance(message, Progress):
-            v = message.values
-            if message.component.startswith("actor"):
-                self._advance(self.actor_groups, v["groups"], message.component)
-                self._advance(self.actor_tokens, v["tokens"], message.component)
-                self.actor_version.labels(rid, message.component).set(v["policy_version"])
-            else:
-                self._advance(self.pre_groups, v["groups"], message.component)
-                for verdict in ("correct", "wrong", "timeout", "error"):
-                    self._advance(self.verdicts, v[verdict], verdict, source=message.component)
-                self._advance(self.timeouts, v["timeout"], source=message.component)
+        if isinstance(message, ActorProgress):
+            self._advance(self.actor_groups, message.groups, message.component)
+            self._advance(self.actor_tokens, message.tokens, message.component)
+            self.actor_version.labels(rid, message.component).set(message.policy_version)
+        elif isinstance(message, PreprocessProgress):
+            self._advance(self.pre_groups, message.groups, message.component)
+            for verdict in ("correct", "wrong", "timeout", "error"):
+                self._advance(self.verdicts, getattr(message, verdict), verdict, source=message.component)
+            self._advance(self.timeouts, message.timeout, source=message.component)
         elif isinstance(message, StepReport):
-            m = message.metrics
             for lag in message.policy_lags:
                 self.policy_lag.labels(rid).observe(lag)
-            for part, key in STEP_PARTS.items():
-                self.step_s.labels(rid, part).set(m.get(key, 0.0))
-            for key, value in m.items():
-                if key.startswith("reward_mean_"):
-                    self.reward.labels(rid, key.removeprefix("reward_mean_")).set(value)
-                elif key.startswith("solve_rate_"):
-                    self.solve.labels(rid, key.removeprefix("solve_rate_")).set(value)
-            if "hard_solved_unguided_fraction" in m:
-                self.headline.labels(rid).set(m["hard_solved_unguided_fraction"])
+            for part, field in STEP_PARTS.items():
+                self.step_s.labels(rid, part).set(getattr(message, field))
+            for variant, value in message.reward_mean_by_variant.items():
+                self.reward.labels(rid, variant).set(value)
+            for variant, value in message.solve_rate_by_variant.items():
+                self.solve.labels(rid, variant).set(value)
+            if message.hard_solved_unguided_fraction is not None:
+                self.headline.labels(rid).set(message.hard_solved_unguided_fraction)
             self.steps.labels(rid).inc()
         elif isinstance(message, WeightsPublished):
             self.learner_version.labels(rid).set(message.version)

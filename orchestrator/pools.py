@@ -32,8 +32,8 @@ class Pools:
     model: object  # pope.models.folder.ModelFolder, resolved once by the launcher
     redis_url: str
     env: dict
-    problems: object = None  # Ray object refs of the run's validated problems (hard, easy)
-    easy: object = None
+    problems: list | None = None  # the run's validated problems (the sampler's hard ones), and the easy ones
+    easy: list | None = None
     learner: object = None
     actors: list[Member] = field(default_factory=list)
     workers: list[Member] = field(default_factory=list)

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from broker.schemas import RolloutGroup, ScoredGroup, encode
+from broker.schemas import PreprocessProgress, RolloutGroup, ScoredGroup, encode
 from broker.streams import Consumer, ControlChannel, Producer, ProgressReporter, connect
 from preprocess.advantages import group_advantages
 from preprocess.scoring import Verifier
@@ -122,10 +122,9 @@ class PreprocessWorker:
 
     def _report_progress(self, force: bool = False) -> None:
         self.progress.report(
-            lambda: {
-                "groups": float(self.stats.groups_scored),
-                **{k: float(v) for k, v in self.stats.verdicts.items()},
-            },
+            lambda component: PreprocessProgress(
+                component=component, groups=self.stats.groups_scored, **self.stats.verdicts
+            ),
             force,
         )
 

@@ -97,10 +97,19 @@ def test_preprocess_worker_scores_and_publishes(config, redis_server, redis_clie
     assert unacked_ids(redis_client, run_id, "rollouts") == set()
 
 
-def test_learner_trains_exact_steps_and_holds_the_surplus(config, redis_server, redis_client, tiny_model_path):
+def test_learner_trains_exact_steps_and_holds_the_surplus(
+    config, redis_server, redis_client, tiny_model_path, monkeypatch
+):
     """Five unguided and two guided groups arrive: the one step trains 2 + 2 and holds the rest,
     unacknowledged, for a later step; solve rates count every group of the step."""
+    from broker.embedded import free_port
     from learner.trainer import Learner
+
+    # the one-rank group's variables, set here so that they leave with the test: processes the later
+    # tests start inherit this environment, and a MASTER_PORT this process listens on would collide
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
 
     run_id = config.run.run_id
     ensure_groups(redis_client, run_id)
@@ -132,3 +141,17 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(config, redis_server, 
     held = {m.group.group_id for e, m in read_all(redis_client, run_id, "train")
             if e in unacked_ids(redis_client, run_id, "train")}  # fmt: skip
     assert {"u2", "u3", "u4"} <= held and not held & {"g0", "g1", "u0", "u1"}
+
+
+def test_a_built_in_model_reaches_a_node_that_cannot_see_the_drivers_folder(tiny_model_path, tmp_path):
+    from pope.models.folder import ModelFolder
+
+    shipped = ModelFolder.of(tiny_model_path, ship=True)
+    assert ModelFolder.of(tiny_model_path, ship=False).local(tmp_path) == tiny_model_path  # seen: kept
+    elsewhere = ModelFolder(str(tmp_path / "gone" / "tiny"), shipped.files)  # the driver's path, absent here
+    local = elsewhere.local(tmp_path / "cache")
+    assert local.startswith(str(tmp_path / "cache")) and elsewhere.local(tmp_path / "cache") == local
+    for name, data in shipped.files.items():
+        assert (tmp_path / "cache" / "shipped").exists() and open(f"{local}/{name}", "rb").read() == data
+    with pytest.raises(FileNotFoundError, match="every node"):
+        ModelFolder(str(tmp_path / "gone")).local(tmp_path)

@@ -4,11 +4,14 @@ import pytest
 
 from broker.schemas import (
     SCHEMA_VERSION,
+    ActorProgress,
     DecodeError,
     PackedArray,
+    PreprocessProgress,
     Rollout,
     RolloutGroup,
     ScoredGroup,
+    StepReport,
     Stop,
     WeightsPublished,
     decode,
@@ -74,6 +77,13 @@ def test_packed_array_is_raw_little_endian_bytes():
         ),
         WeightsPublished(version=3, step=3, broadcast_s=0.1, num_bytes=1000),
         Stop(reason="done"),
+        ActorProgress(component="actor0", groups=4, tokens=120, policy_version=2),
+        PreprocessProgress(component="preprocess0", groups=3, correct=5, wrong=18, timeout=1, error=0),
+        StepReport(step=1, loss=0.1, reward_mean=0.25, reward_mean_by_variant={"guided": 0.5},
+                   solve_rate_by_variant={"guided": 1.0}, hard_solved_unguided_fraction=0.0,
+                   tokens_trained=300, policy_lag_mean=0.5, step_s=1.0, data_wait_s=0.1,
+                   forward_backward_s=0.5, optimizer_s=0.1, broadcast_s=0.2, policy_lags=[0, 1],
+                   metrics={"entropy": 1.5}),  # fmt: skip
     ],
     ids=lambda m: m.kind,
 )
@@ -109,3 +119,14 @@ def test_unknown_fields_rejected():
     tree["extra"] = 1
     with pytest.raises(DecodeError, match="extra"):
         decode(msgpack.packb(tree, use_bin_type=True))
+
+
+def test_progress_is_typed():
+    """A heartbeat's counters are fields, not string keys: a missing or negative one does not decode."""
+    with pytest.raises(DecodeError, match="policy_version"):
+        decode(msgpack.packb({"kind": "actor_progress", "schema_version": SCHEMA_VERSION, "component": "actor0",
+                              "groups": 1, "tokens": 2}))  # fmt: skip
+    with pytest.raises(DecodeError, match="greater than or equal"):
+        decode(msgpack.packb({"kind": "preprocess_progress", "schema_version": SCHEMA_VERSION,
+                              "component": "p", "groups": -1, "correct": 0, "wrong": 0, "timeout": 0,
+                              "error": 0}))  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ class ModelFolder:
 
     def local(self, cache_dir: str | Path) -> str:
         """A path of this folder on this node: the original where it exists, else the shipped files
-        written (atomically, once) under ``cache_dir``."""
+        written (atomically, once) under ``cache_dir`` when absolute, else under the node's temp folder."""
         if (Path(self.path) / "config.json").is_file():
             return self.path
         if self.files is None:
@@ -51,7 +52,11 @@ class ModelFolder:
                 f"model folder {self.path} is not on this node; on a cluster, model.path must be on storage "
                 "every node sees"
             )
-        target = Path(cache_dir).resolve() / "shipped" / f"{Path(self.path).name}-{self.digest()}"
+        # a relative cache (the default .cache/pope) would sit inside the job's working directory,
+        # which Ray may unpack again for another worker of the node: shipped files go to a node-local
+        # folder outside it
+        root = Path(cache_dir) if Path(cache_dir).is_absolute() else Path(tempfile.gettempdir()) / "pope-models"
+        target = root / "shipped" / f"{Path(self.path).name}-{self.digest()}"
         if not (target / "config.json").is_file():
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
