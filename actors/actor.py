@@ -16,19 +16,17 @@ problems; a restarted actor first asks the positions it had claimed and not writ
 
 from __future__ import annotations
 
-import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from actors.engine import SamplingSettings
 from actors.engines import make_engine
 from broker.schemas import ActorProgress, PackedArray, Rollout, RolloutGroup
 from broker.streams import ControlChannel, PositionClaims, Producer, ProgressReporter, connect
 from pope.config import PopeConfig
+from pope.loop_calls import LoopCalls
 from pope.models.folder import ModelFolder, local_folder
 from pope.problems import Problem
 from pope.prompts import PromptSchedule, render_prompt, request_seed
@@ -45,17 +43,6 @@ class ActorStats:
     backpressure_wait_s: float = 0.0
     weight_updates: int = 0
     group_ids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _EngineCall:
-    """Work that must run on the loop's thread (the engine is not thread-safe), and its result."""
-
-    fn: Callable[[], Any]
-    what: str
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: str | None = None
 
 
 class RolloutActor:
@@ -85,9 +72,7 @@ class RolloutActor:
         self.version = 0
         self.stats = ActorStats()
         self._stop = threading.Event()
-        self._calls: queue.Queue[_EngineCall] = queue.Queue()
-        self._call_posted = threading.Event()  # wakes the loop from its backpressure sleep
-        self._serve_lock = threading.Lock()
+        self.calls = LoopCalls(self.actor_id)  # the engine is not thread-safe: weights load on the loop
         # a restarted actor (Ray max_restarts) starts a new incarnation: its group ids never repeat
         self.incarnation = secrets.token_hex(3)
         self.client = None
@@ -127,7 +112,7 @@ class RolloutActor:
     ) -> None:
         """Join (or re-join, after the pool was resized) the learner's weight-broadcast group."""
         rank = self.actor_index + 1 if rank is None else rank
-        self._on_loop(
+        self.calls.call(
             lambda: self.engine.init_weight_group(host, port, rank, world_size, timeout_s),
             "joining",
             timeout_s,
@@ -135,7 +120,7 @@ class RolloutActor:
 
     def update_weights(self, version: int, metas: list[TensorMeta], timeout_s: float) -> float:
         """Receive one broadcast; returns the checksum of what was loaded."""
-        return self._on_loop(
+        return self.calls.call(
             lambda: self._load_weights(version, metas, timeout_s), f"loading weights v{version}", timeout_s
         )
 
@@ -149,39 +134,7 @@ class RolloutActor:
         self.stats.weight_updates += 1
         return checksum
 
-    def _on_loop(self, fn: Callable[[], Any], what: str, timeout_s: float) -> Any:
-        """Called from another Ray thread: hand ``fn`` to the generation loop (between engine calls)
-        and wait for it; with no loop running, run it here."""
-        call = _EngineCall(fn, what)
-        self._calls.put(call)
-        self._call_posted.set()
-        if not self._running:
-            self._serve_calls()
-        if not call.done.wait(timeout_s):
-            raise TimeoutError(f"{self.actor_id}: {what} did not finish within {timeout_s}s")
-        if call.error:
-            raise RuntimeError(f"{self.actor_id}: {what} failed: {call.error}")
-        return call.result
-
-    def _serve_calls(self) -> None:
-        with self._serve_lock:
-            while True:
-                try:
-                    call = self._calls.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    call.result = call.fn()
-                except (
-                    Exception
-                ) as exc:  # deliberate: reported to the caller (the learner), which fails the run
-                    call.error = f"{type(exc).__name__}: {exc}"
-                finally:
-                    call.done.set()
-
     # -- generation ------------------------------------------------------------------------------
-    _running = False
-
     def _next_positions(self) -> list[int]:
         """The unwritten positions of a claim made before a restart (alone: the sampler hash keeps one
         claim per producer, so a call never mixes them with a new claim), else a new claim."""
@@ -246,15 +199,15 @@ class RolloutActor:
 
     def run(self) -> ActorStats:
         """Generate until stopped; weights load between engine calls."""
-        self._running = True
+        self.calls.running = True
         try:
             while not self._stop.is_set():
-                self._serve_calls()
+                self.calls.serve()
                 before = self.producer.wait_s
                 if not self.producer.wait_for_room(self._idle_tick, sleep=self._sleep_until_call):
                     break
                 self.stats.backpressure_wait_s += self.producer.wait_s - before
-                self._serve_calls()
+                self.calls.serve()
                 for group in self.generate_once():
                     self.producer.put(group, (self.actor_id, group.position + 1))
                     self.stats.groups_produced += 1
@@ -263,8 +216,8 @@ class RolloutActor:
                     self.stats.group_ids.append(group.group_id)
                 self._report_progress()
         finally:
-            self._running = False
-            self._serve_calls()
+            self.calls.running = False
+            self.calls.serve()
             self._report_progress(force=True)
         return self.stats
 
@@ -282,7 +235,7 @@ class RolloutActor:
     def _idle_tick(self) -> bool:
         """While waiting on backpressure, keep serving weight updates (the learner may be waiting on
         us to load before it consumes more); True when asked to stop."""
-        self._serve_calls()
+        self.calls.serve()
         self._report_progress()  # alive, though waiting: the heartbeat is about liveness, not speed
         return self._stop.is_set()
 
@@ -290,12 +243,12 @@ class RolloutActor:
         """The backpressure wait's sleep: ends early when a weight update (or another call) is
         posted, so the learner, which waits for every actor to load, is not kept waiting for a
         poll tick (up to 50 ms per step)."""
-        if self._call_posted.wait(seconds):
-            self._call_posted.clear()
+        if self.calls.posted.wait(seconds):
+            self.calls.posted.clear()
 
     def stop(self) -> None:
         self._stop.set()
-        self._call_posted.set()
+        self.calls.posted.set()
 
     def probe(self, prompt_ids: list[int], num_tokens: int) -> tuple[list[int], list[float]]:
         """Greedy tokens and logprobs of a fixed prompt: compares the engine's weights with the learner's."""

@@ -14,9 +14,6 @@ then leaves them pending, so nothing it consumed is lost.
 from __future__ import annotations
 
 import json
-import math
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -24,9 +21,10 @@ from broker.schemas import ScoredGroup, StepReport, WeightsPublished
 from broker.streams import Consumer, ControlChannel, connect
 from learner.mix import StepMix
 from learner.policy import PolicyTrainer
+from learner.weights import WeightPublisher
+from pope.loop_calls import LoopCalls
 from pope.models.folder import ModelFolder, local_folder
 from pope.prompts import variant_quota
-from pope.weight_sync import broadcast_tensors, checksum, make_group
 
 
 def _lineage(g: ScoredGroup) -> dict:
@@ -61,12 +59,8 @@ class Learner:
         self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         self.consumer = Consumer(self.client, self.run_id, "train", "learner0")
         self.control = ControlChannel(self.client, self.run_id)
-        self.actor_handles = list(actor_handles or [])
-        self.group = None
-        self._store = None
-        self._regroup_requests: queue.Queue = queue.Queue()
-        self._buffers: dict = {}  # broadcast buckets, reused between broadcasts
-        self._running = False
+        self.weights = WeightPublisher(self.policy, self.cfg.broadcast_timeout_s, actor_handles)
+        self.calls = LoopCalls("learner")  # regroups run on the training loop, between steps
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.trained_group_ids: list[str] = []
         self.skipped: dict[str, list[str]] = {
@@ -96,78 +90,18 @@ class Learner:
         return self.policy.version
 
     # -- weights -------------------------------------------------------------------------------
-    def init_weight_group(self, host: str, port: int, world_size: int) -> None:
-        self.group, self._store = make_group(host, port, 0, world_size, self.cfg.broadcast_timeout_s)
-
     def regroup(self, actor_handles: list) -> dict:
         """The actor pool changed: form a new weight group with ``actor_handles`` (ranks 1..N), then
         send the current weights so a new actor generates with them. Called from the launcher while
         ``run`` goes on: the loop does it at its next pause (between steps, or while waiting for data)."""
-        done = threading.Event()
-        result: dict = {}
-        self._regroup_requests.put((list(actor_handles), done, result))
-        if not self._running:
-            self._serve_regroup()
-        if not done.wait(self.cfg.broadcast_timeout_s * 2):
-            raise TimeoutError(f"learner: regroup to {len(actor_handles)} actors did not finish")
-        if "error" in result:
-            raise RuntimeError(result["error"])
-        return result
-
-    def _serve_regroup(self) -> None:
-        import ray
-
-        from broker.embedded import free_port
-
-        while not self._regroup_requests.empty():
-            handles, done, result = self._regroup_requests.get()
-            try:
-                host, port = ray.util.get_node_ip_address(), free_port()
-                timeout = self.cfg.broadcast_timeout_s
-                world = len(handles) + 1
-                refs = [
-                    h.init_weight_group.remote(host, port, world, timeout, i + 1)
-                    for i, h in enumerate(handles)
-                ]
-                self.group, self._store = make_group(host, port, 0, world, timeout)
-                ray.get(refs, timeout=timeout)
-                self.actor_handles = handles
-                broadcast_s, num_bytes, sent, received = self.broadcast()
-                result.update(
-                    actors=len(handles), broadcast_s=broadcast_s, checksum=sent, actor_checksums=received
-                )
-            except Exception as exc:  # deliberate: handed to the caller, which reports it
-                result["error"] = f"regroup failed: {type(exc).__name__}: {exc}"
-            finally:
-                done.set()
+        return self.calls.call(
+            lambda: self.weights.regroup(actor_handles),
+            f"regroup to {len(actor_handles)} actors",
+            self.cfg.broadcast_timeout_s * 2,
+        )
 
     def broadcast(self) -> tuple[float, int, float, list[float]]:
-        """Send the current weights to every actor.
-
-        Returns (seconds, bytes, the learner's checksum, each actor's checksum of what it loaded)."""
-        import ray
-
-        start = time.monotonic()
-        named = list(self.policy.iter_weights())
-        if not self.actor_handles:  # a learner without actors (component tests, offline training)
-            return time.monotonic() - start, 0, checksum(named), []
-        metas = self.policy.weight_metas()
-        timeout = self.cfg.broadcast_timeout_s
-        refs = [h.update_weights.remote(self.version, metas, timeout) for h in self.actor_handles]
-        for _ in broadcast_tensors(self.group, metas, [t for _, t in named], timeout, buffers=self._buffers):
-            pass
-        sent = checksum(named)  # while the actors load what they received
-        try:
-            received = ray.get(refs, timeout=timeout)
-        except ray.exceptions.RayError as exc:
-            raise RuntimeError(f"an actor did not load weights v{self.version}: {exc}") from exc
-        for index, value in enumerate(received):
-            if not math.isclose(value, sent, rel_tol=1e-9, abs_tol=1e-6):
-                raise RuntimeError(
-                    f"actor{index} loaded weights with checksum {value}, the learner sent {sent}"
-                )
-        num_bytes = sum(t.numel() * t.element_size() for _, t in named)
-        return time.monotonic() - start, num_bytes, sent, list(received)
+        return self.weights.broadcast(self.version)
 
     # -- data ------------------------------------------------------------------------------------
     def _set_aside(self, scored: ScoredGroup) -> str | None:
@@ -193,7 +127,7 @@ class Learner:
         entry_ids = []
         deadline = time.monotonic() + self.cfg.data_timeout_s
         while not self.mix.ready():
-            self._serve_regroup()
+            self.calls.serve()
             got = []
             if self._replay_pending:
                 got = self.consumer.read_own_pending(self.mix.size)
@@ -236,18 +170,19 @@ class Learner:
         pool, which sends these same weights to every actor; fail, naming the cause, if none comes."""
         self.broadcast_failures += 1
         deadline = time.monotonic() + self.cfg.broadcast_timeout_s
-        while self._regroup_requests.empty():
+        while not self.calls.pending():
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"learner: weight broadcast v{self.version} failed and no regroup came: {exc}"
                 ) from exc
             time.sleep(0.2)
-        _, _, result = self._regroup_requests.queue[0]
-        self._serve_regroup()
-        if "error" in result:
-            raise RuntimeError(result["error"]) from exc
-        num_bytes = sum(t.numel() * t.element_size() for _, t in self.policy.iter_weights())
-        return result["broadcast_s"], num_bytes, result["checksum"], result["actor_checksums"]
+        self.calls.serve()
+        result = self.weights.last_regroup
+        if result is None:
+            raise RuntimeError(
+                f"learner: the regroup after a failed broadcast v{self.version} failed too"
+            ) from exc
+        return result["broadcast_s"], result["num_bytes"], result["checksum"], result["actor_checksums"]
 
     def _skip_nonfinite(self, groups: list[ScoredGroup], entry_ids: list[str]) -> None:
         """The step's loss was NaN/inf: no update was applied. Its groups are set aside (counted),
@@ -304,12 +239,12 @@ class Learner:
     def run(self, steps: int) -> dict:
         """Train ``steps`` steps; each ends with a broadcast, a version bump and an acknowledgement."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._running = True
+        self.calls.running = True
         try:
             return self._run(steps)
         finally:
-            self._running = False
-            self._serve_regroup()
+            self.calls.running = False
+            self.calls.serve()
 
     def _run(self, steps: int) -> dict:
         """Until ``steps`` optimizer steps are done in all (a resumed learner continues its count)."""

@@ -162,7 +162,7 @@ class Pools:
         for member in removed:  # they finish the engine call they are in, write it, and stop
             self.finished_stats[member.name] = wait_all({member.loop_ref: member.name}, "stopping")[0]
         start = time.monotonic()
-        ray.get(self.learner.regroup.remote([m.handle for m in self.actors]))
+        wait_all({self.learner.regroup.remote([m.handle for m in self.actors]): "learner"}, "regrouping")
         for member in added:  # current weights loaded: now they may generate
             member.loop_ref = member.handle.run.remote()
         for member in removed:
@@ -189,7 +189,7 @@ class Pools:
                 raise RuntimeError(f"{name} is gone for good (no restarts left?): {exc}") from exc
         self.record_node(name, member.handle)
         if member in self.actors:
-            ray.get(self.learner.regroup.remote([m.handle for m in self.actors]))
+            wait_all({self.learner.regroup.remote([m.handle for m in self.actors]): "learner"}, "regrouping")
         member.loop_ref = member.handle.run.remote()
         return f"{name} restarted and back in the run"
 
