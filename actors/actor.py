@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from actors.engine import SamplingSettings
 from actors.engines import make_engine
 from broker.schemas import ActorProgress, PackedArray, Rollout, RolloutGroup
-from broker.streams import ControlChannel, PositionClaims, Producer, ProgressReporter, connect
+from broker.streams import ControlChannel, PositionClaims, Producer, ProgressReporter, connect, fetch_files
 from pope.config import PopeConfig
 from pope.loop_calls import LoopCalls
 from pope.models.folder import ModelFolder, local_folder
@@ -62,7 +62,13 @@ class RolloutActor:
         self.run_id = config.run.run_id
         self.actor_id = f"actor{actor_index}"
         self.actor_index = actor_index
-        model_path = local_folder(model_path, config.model.cache_dir)
+        self.client = None
+        if redis_url is not None:
+            self.client = connect(
+                redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s
+            )
+        fetch = None if self.client is None else (lambda key: fetch_files(self.client, key))
+        model_path = local_folder(model_path, config.model.cache_dir, fetch)
         self.engine = make_engine(
             config.actors.engine, model_path, config.run.seed + actor_index, config.model.dtype
         )
@@ -75,12 +81,10 @@ class RolloutActor:
         self.calls = LoopCalls(self.actor_id)  # the engine is not thread-safe: weights load on the loop
         # a restarted actor (Ray max_restarts) starts a new incarnation: its group ids never repeat
         self.incarnation = secrets.token_hex(3)
-        self.client = None
         if redis_url is None:
             return
         if not problems:
             raise ValueError(f"{self.actor_id}: a training actor needs the run's problems")
-        self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         self.progress = ProgressReporter(
             ControlChannel(self.client, self.run_id), self.actor_id, config.metrics.progress_interval_s
         )

@@ -98,6 +98,21 @@ class PositionClaims:
         return int(self.client.hget(self.key, "__next__") or 0)
 
 
+def stage_files(client: redis.Redis, run_id: str, name: str, files: dict[str, bytes]) -> str:
+    """Put a folder's files (e.g. a built-in model) where every node of the run can fetch them:
+    one hash ``pope:<run_id>:files:<name>``; returns its key."""
+    key = f"pope:{run_id}:files:{name}"
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.hset(key, mapping=files)
+    pipe.execute()
+    return key
+
+
+def fetch_files(client: redis.Redis, key: str) -> dict[str, bytes]:
+    return {_s(name): data for name, data in client.hgetall(key).items()}
+
+
 class RedisUnavailable(redis.ConnectionError):
     """Redis did not answer within the reconnect budget (``broker.reconnect_timeout_s``)."""
 

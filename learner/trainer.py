@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from broker.schemas import ScoredGroup, StepReport, WeightsPublished
-from broker.streams import Consumer, ControlChannel, connect
+from broker.streams import Consumer, ControlChannel, connect, fetch_files
 from learner.mix import StepMix
 from learner.policy import PolicyTrainer
 from learner.weights import WeightPublisher
@@ -55,8 +55,9 @@ class Learner:
         self.cfg = config.learner
         self.run_id = config.run.run_id
         self.run_dir = Path(run_dir)
-        self.policy = PolicyTrainer(config, local_folder(model_path, config.model.cache_dir))
         self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
+        folder = local_folder(model_path, config.model.cache_dir, lambda key: fetch_files(self.client, key))
+        self.policy = PolicyTrainer(config, folder)
         self.consumer = Consumer(self.client, self.run_id, "train", "learner0")
         self.control = ControlChannel(self.client, self.run_id)
         self.weights = WeightPublisher(self.policy, self.cfg.broadcast_timeout_s, actor_handles)

@@ -33,6 +33,7 @@ from broker.streams import (
     generated_ids,
     read_all,
     redacted,
+    stage_files,
     stream_health,
     stream_key,
     trim_acknowledged,
@@ -194,7 +195,11 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         if started_ray:
             stack.callback(ray.shutdown)
         # a built-in model travels with its files: a node that cannot see the driver's folder writes them
-        model = ModelFolder.of(model_path, ship=config.model.path.startswith("builtin:"))
+        model = ModelFolder(model_path)
+        if config.model.path.startswith("builtin:"):  # staged in Redis for nodes that cannot see the folder
+            files = ModelFolder.read_files(model_path)
+            key = stage_files(client, run_id, f"model:{ModelFolder.digest(files)}", files)
+            model = ModelFolder(model_path, key)
         # problems go by value: Ray keeps them with each actor's creation task, so a restarted actor
         # gets them again (an object put here was not always retrievable at the restart)
         pools = Pools(config, model, redis_url, _process_env(config, 1), schedule.hard, easy)

@@ -143,15 +143,24 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     assert {"u2", "u3", "u4"} <= held and not held & {"g0", "g1", "u0", "u1"}
 
 
-def test_a_built_in_model_reaches_a_node_that_cannot_see_the_drivers_folder(tiny_model_path, tmp_path):
+def test_a_built_in_model_reaches_a_node_that_cannot_see_the_drivers_folder(
+    tiny_model_path, tmp_path, redis_client
+):
+    from broker.streams import fetch_files, stage_files
     from pope.models.folder import ModelFolder
 
-    shipped = ModelFolder.of(tiny_model_path, ship=True)
-    assert ModelFolder.of(tiny_model_path, ship=False).local(tmp_path) == tiny_model_path  # seen: kept
-    elsewhere = ModelFolder(str(tmp_path / "gone" / "tiny"), shipped.files)  # the driver's path, absent here
-    local = elsewhere.local(tmp_path / "cache")
-    assert local.startswith(str(tmp_path / "cache")) and elsewhere.local(tmp_path / "cache") == local
-    for name, data in shipped.files.items():
-        assert (tmp_path / "cache" / "shipped").exists() and open(f"{local}/{name}", "rb").read() == data
+    files = ModelFolder.read_files(tiny_model_path)
+    key = stage_files(redis_client, "c" + uuid.uuid4().hex[:8], "model:x", files)
+    assert ModelFolder(tiny_model_path, key).local(tmp_path) == tiny_model_path  # seen here: kept
+
+    def fetch(k):
+        return fetch_files(redis_client, k)
+
+    elsewhere = ModelFolder(str(tmp_path / "gone" / "tiny"), key)  # the driver's path, absent on this node
+    local = elsewhere.local(tmp_path / "cache", fetch)
+    assert local.startswith(str(tmp_path / "cache")) and elsewhere.local(tmp_path / "cache", fetch) == local
+    for name, data in files.items():
+        with open(f"{local}/{name}", "rb") as handle:
+            assert handle.read() == data
     with pytest.raises(FileNotFoundError, match="every node"):
         ModelFolder(str(tmp_path / "gone")).local(tmp_path)
