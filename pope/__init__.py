@@ -1,3 +1,3 @@
-"""pope: Privileged On-Policy Exploration. Shared code: configuration, problems, prompts, command line."""
+"""pope: Privileged On-Policy Exploration. The floor: config, problems, prompts, verification, models."""
 
 __version__ = "0.1.0"
