@@ -154,12 +154,19 @@ def answer_of(locks: tuple[Lock, ...]) -> str:
 
 def problem_text(locks: tuple[Lock, ...]) -> str:
     # one lock per line, no space before a label: a label is the same token here and in the trace
-    return INTRO + "\n" + "\n".join(header(label, lock) for label, lock in zip(LABELS, locks))
+    return (
+        INTRO
+        + "\n"
+        + "\n".join(header(label, lock) for label, lock in zip(LABELS[: len(locks)], locks, strict=True))
+    )
 
 
 def trace(locks: tuple[Lock, ...], orders: list[list[int]]) -> tuple[str, ...]:
     """The solution units of a search that tried ``orders[i]`` at lock i: one line each, then the answer."""
-    lines = [lock_line(label, lock, order) for label, lock, order in zip(LABELS[: len(locks)], locks, orders, strict=True)]
+    lines = [
+        lock_line(label, lock, order)
+        for label, lock, order in zip(LABELS[: len(locks)], locks, orders, strict=True)
+    ]
     return (*lines, ANSWER.format(answer_of(locks)))
 
 
@@ -218,9 +225,13 @@ def hard_locks(rng: random.Random, arm: str) -> tuple[Lock, ...]:
 
 
 def easy_locks(rng: random.Random) -> tuple[Lock, ...]:
-    """2..4 locks, the first d=4 half the time, the others d=1, keys uniform: always within budget."""
+    """3..4 locks, the first d=4 half the time, the others d=1, keys uniform: always within budget.
+
+    Why at least 3: math-verify falls back to the last number of a completion without ``\boxed``,
+    and a trace only writes numbers of 1, 2, 5 or 10 digits, so a 3- or 4-digit answer is never
+    matched by a truncated trace (a 2-digit one is, by a d=1 try)."""
     first = TOP_DEPTH if rng.random() < 0.5 else DESCENT_DEPTH
-    depths = [first] + [DESCENT_DEPTH] * rng.randint(1, 3)
+    depths = [first] + [DESCENT_DEPTH] * rng.randint(2, 3)
     return tuple(_draw(rng, d, UNIFORM) for d in depths)
 
 
@@ -280,7 +291,9 @@ def write_splits(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     paths = {}
     for name, instances in make_splits(seed).items():
         paths[name] = out_dir / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(problem_row(i)) + "\n" for i in instances), encoding="utf-8")
+        paths[name].write_text(
+            "".join(json.dumps(problem_row(i)) + "\n" for i in instances), encoding="utf-8"
+        )
     return paths
 
 
@@ -336,7 +349,7 @@ class Trace:
         top = self.lines[:num_top]
         if len(top) < num_top or not all(
             line.complete and line.lock == lock and line.tries[-1].opens and line.stated_key == lock.key
-            for line, lock in zip(top, locks)
+            for line, lock in zip(top, locks[:num_top], strict=True)
         ):
             return None
         return top[-1].end_char
@@ -374,7 +387,7 @@ def parse_trace(completion: str) -> Trace:
 
 # ---- the base model ----
 
-BASE_SPEC = {
+STAGE1_SPEC = {  # the cache key hashes this dict, not the code: bump "version" when the task or corpus changes
     "name": "testbed-v2",
     "version": 1,
     "hidden_size": 128,
@@ -384,16 +397,28 @@ BASE_SPEC = {
     "num_key_value_heads": 2,
     "head_dim": 64,  # vLLM-CPU wants head_dim 64
     "max_position_embeddings": 1024,
-    "train_steps": 1400,
+    "train_steps": 1500,
     "batch_size": 24,
-    "micro_batches": 1,  # a batch sorted by length, cut in this many pieces (1: fastest on 2 cores)
+    "micro_batches": 6,  # a batch sorted by length, cut in this many pieces (less padding, less attention)
     "lr": 3e-3,
     "warmup_steps": 40,
     "doc_mix": {"mechanics": 0.45, "mixed": 0.25, "blind": 0.10, "hard": 0.10, "hint": 0.10},
-    "torch_threads": 2,
+    "torch_threads": 1,  # one thread: the same reduction order on every build, and robust on a shared machine
 }
-PILOT_SPEC = {**BASE_SPEC, "name": "testbed-v2-pilot", "train_steps": 200}
-SPECS = {"base": BASE_SPEC, "pilot": PILOT_SPEC}
+# Stage 2 continues stage 1 (its folder, cached under its own hash) with more documents of many locks:
+# stage 1 alone skipped or ended early at late labels after short (first-try) lines and miscopied
+# 12-digit answers (G4, G5 failed; results/v2_preregistration.md), a shortcut on position.
+BASE_SPEC = {
+    **STAGE1_SPEC,
+    "version": 2,
+    "init": STAGE1_SPEC,
+    "train_steps": 800,
+    "lr": 1e-3,
+    "warmup_steps": 20,
+    "doc_mix": {"mechanics": 0.25, "mixed": 0.20, "long": 0.25, "blind": 0.05, "hard": 0.15, "hint": 0.10},
+}
+PILOT_SPEC = {**STAGE1_SPEC, "name": "testbed-v2-pilot", "train_steps": 300}
+SPECS = {"base": BASE_SPEC, "stage1": STAGE1_SPEC, "pilot": PILOT_SPEC}
 
 
 def data_config(placement: str = "assistant_start"):
@@ -406,7 +431,8 @@ def _corpus_locks(rng: random.Random, kind: str) -> tuple[Lock, ...]:
     """The lock list of one pretraining document of ``kind`` (see BASE_SPEC["doc_mix"])."""
     if kind == "mechanics":  # 1..6 locks of any depth, keys skewed or uniform
         return tuple(
-            _draw(rng, rng.choice((1, 1, 4, 4, 9)), rng.choice((SKEWED, UNIFORM))) for _ in range(rng.randint(1, 6))
+            _draw(rng, rng.choice((1, 1, 4, 4, 9)), rng.choice((SKEWED, UNIFORM)))
+            for _ in range(rng.randint(1, 6))
         )
     if kind == "mixed":  # 1..3 d=4 tops, then d=1 locks, 2..12 in all
         total = rng.randint(2, NUM_LOCKS)
@@ -414,6 +440,13 @@ def _corpus_locks(rng: random.Random, kind: str) -> tuple[Lock, ...]:
         weights = rng.choice((SKEWED, UNIFORM))
         return tuple(_draw(rng, TOP_DEPTH, weights) for _ in range(tops)) + tuple(
             _draw(rng, DESCENT_DEPTH, SKEWED) for _ in range(total - tops)
+        )
+    if (
+        kind == "long"
+    ):  # 7..12 locks, mostly d=1 (short lines): late labels and long answers at many positions
+        weights = rng.choice((SKEWED, UNIFORM))
+        return tuple(
+            _draw(rng, rng.choice((1, 1, 1, 1, 4, 9)), weights) for _ in range(rng.randint(7, NUM_LOCKS))
         )
     if kind == "blind":  # one d=9 lock, then up to 4 d=1 locks
         rest = tuple(_draw(rng, DESCENT_DEPTH, SKEWED) for _ in range(rng.randint(0, 4)))
@@ -452,7 +485,8 @@ def document(rng: random.Random, tokenizer, spec: dict, configs: dict) -> tuple[
 
 def build_tokenizer(seed: int = 0):
     """The tiny model's BPE, trained on texts with the digits removed: every digit stays one token."""
-    from pope.models.tiny import CHAT_TEMPLATE, build_tokenizer as tiny_build_tokenizer
+    from pope.models.tiny import CHAT_TEMPLATE
+    from pope.models.tiny import build_tokenizer as tiny_build_tokenizer
 
     rng = random.Random(f"testbed-v2-tokenizer-{seed}")
     texts = []
@@ -499,9 +533,15 @@ def train_step(model, optimizer, docs, pad_id: int, micro_batches: int = 1) -> f
     for start in range(0, len(docs), size):
         ids, mask, labels = collate(docs[start : start + size], pad_id)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
-        ) / num_targets
+        loss = (
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            / num_targets
+        )
         loss.backward()
         total += loss.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -513,7 +553,9 @@ def pretrain(model, tokenizer, spec: dict, seed: int, log=None) -> list[float]:
     """AdamW on target tokens, linear warm-up then linear decay; returns the loss per step."""
     import torch
 
-    rng = random.Random(f"testbed-v2-pretrain-{seed}")
+    rng = random.Random(
+        f"testbed-v2-pretrain-{seed}" if "init" not in spec else f"testbed-v2-pretrain-stage2-{seed}"
+    )
     configs = {"assistant_start": data_config("assistant_start"), "user_end": data_config("user_end")}
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.98), weight_decay=0.0)
     steps, warmup = spec["train_steps"], spec["warmup_steps"]
@@ -539,12 +581,18 @@ def build_base_model(out_dir: Path, spec: dict | None = None, seed: int = 0, log
     from pope.models.tiny import new_qwen2, save_model_folder
 
     spec = dict(spec or BASE_SPEC)
+    parent = resolve_base_model(Path(out_dir).parent, spec["init"], seed, log) if spec.get("init") else None
     threads = torch.get_num_threads()
     torch.set_num_threads(spec["torch_threads"])  # the same reduction order on every build
     try:
         tokenizer = build_tokenizer(seed)
         torch.manual_seed(seed)
-        model = new_qwen2(spec, tokenizer)
+        if parent is None:
+            model = new_qwen2(spec, tokenizer)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32)
         losses = pretrain(model, tokenizer, spec, seed, log)
     finally:
         torch.set_num_threads(threads)
@@ -564,12 +612,16 @@ def resolve_base_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.testbed_v2", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.testbed_v2", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build (or find cached) the base model; prints its folder")
     build.add_argument("--cache-dir", default=".cache/pope")
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--spec", choices=sorted(SPECS), default="base", help="pilot: the same model, fewer steps")
+    build.add_argument(
+        "--spec", choices=sorted(SPECS), default="base", help="pilot: the same model, fewer steps"
+    )
     data = sub.add_parser("data", help="write train_hard, heldout_hard, calibration and easy .jsonl")
     data.add_argument("--out", default="runs/testbed_v2/data")
     data.add_argument("--seed", type=int, default=0)
@@ -577,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         spec = SPECS[args.spec]
         print(f"spec hash {spec_hash(spec, args.seed)}", file=sys.stderr)
-        print(resolve_base_model(Path(args.cache_dir), spec, args.seed, log=lambda m: print(m, file=sys.stderr)))
+        print(
+            resolve_base_model(Path(args.cache_dir), spec, args.seed, log=lambda m: print(m, file=sys.stderr))
+        )
     else:
         for name, path in write_splits(Path(args.out), args.seed).items():
             print(f"{name}: {path}")

@@ -161,10 +161,16 @@ def test_answers_check_with_math_verify():
     assert verify(gold, parse(tb.ANSWER.format("123456789123")))
     assert not verify(gold, parse(tb.ANSWER.format("123456789124")))
     assert not verify(gold, parse(tb.ANSWER.format("12345678912")))
-    # a truncated trace never verifies: its numbers are tries of at most 10 digits
-    locks = (tb.Lock(1, 3), tb.Lock(1, 7))  # keys 4 and 1
-    assert tb.answer_of(locks) == "41"
-    assert not verify(parse("$41$"), parse("A13 43 key 4.\nB17 41"))
+    # math-verify reads the last number of a completion without \boxed: a truncated trace would match a
+    # 2-digit answer with a d=1 try, hence easy problems have 3..4 locks and hard ones 12 (a trace only
+    # writes numbers of 1, 2, 5 or 10 digits)
+    assert verify(parse("$41$"), parse("A13 43 key 4.\nB17 41"))
+    locks = (tb.Lock(1, 3), tb.Lock(1, 7), tb.Lock(1, 4))  # keys 4, 1 and 2
+    assert tb.answer_of(locks) == "412"
+    assert not verify(parse("$412$"), parse("A13 43 key 4.\nB17 41 key 1.\nC14 24"))
+    assert not verify(parse("$412$"), parse("A13 43 key 4.\nB17 41 key 1.\nC14 24 key 2."))
+    rng = random.Random(0)
+    assert {len(tb.easy_locks(rng)) for _ in range(200)} == {3, 4}
 
 
 def test_splits_are_deterministic_disjoint_and_reserved(tmp_path, splits):
@@ -268,8 +274,8 @@ def test_a_pilot_build_loads_and_generates(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = {
-        **tb.BASE_SPEC,
+    first = {
+        **tb.STAGE1_SPEC,
         "name": "testbed-v2-test",
         "hidden_size": 64,
         "intermediate_size": 128,
@@ -280,7 +286,11 @@ def test_a_pilot_build_loads_and_generates(tmp_path):
         "batch_size": 4,
         "warmup_steps": 1,
     }
-    folder = tb.resolve_base_model(tmp_path, spec, seed=0)
+    spec = {**first, "version": 2, "init": first, "train_steps": 2, "doc_mix": tb.BASE_SPEC["doc_mix"]}
+    folder = tb.resolve_base_model(tmp_path, spec, seed=0)  # builds stage 1, then continues it
+    parent = tmp_path / f"testbed-v2-test-v1-{tb.spec_hash(first, 0)}"
+    assert (parent / "config.json").is_file() and folder != parent.resolve()
+    assert (parent / "model.safetensors").read_bytes() != (folder / "model.safetensors").read_bytes()
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert tb.resolve_base_model(tmp_path, spec, seed=0) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
