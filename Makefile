@@ -43,3 +43,11 @@ reproduce: install
 	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[reproduce]"
 	$(PY) scripts/reproduce.py
 	$(PY) scripts/investigate_testbed.py --runs runs/reproduce --out results/investigation.json > results/investigation.md
+
+# The v2 testbed (issue H, results/v2_preregistration.md): base model, gates, every method x seed, the
+# pre-registered predictions; `$(PY) scripts/reproduce_v2.py --quick --out /tmp/v2` is a plumbing check
+# on the pilot model. Run only once the gates pass on the base model (the pre-registration says so).
+.PHONY: reproduce-v2
+reproduce-v2: install
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[reproduce]"
+	$(PY) scripts/reproduce_v2.py
