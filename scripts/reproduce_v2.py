@@ -678,6 +678,8 @@ def plan(names: list[str], seeds_of: dict[str, list[int]], timing: dict, steps: 
     """The run plan and its estimated time (per config as timed by --time-3-steps when timing.json has it)."""
     rows, worst, expected = [], 0.0, 0.0
     full_eval = timing.get("eval_s", DEFAULT_TIMING["eval_s"])
+    # a base model that reaches no top state (the pilot) times no continuation: keep the default
+    p6_s = timing["p6_s"] if timing.get("p6_states") else DEFAULT_TIMING["p6_s"]
     parts = timing.get("eval_parts_s", {})
     train_eval = parts.get("unguided_s", full_eval / 2) / 2  # unguided train_hard only
     for name in names:
@@ -685,7 +687,7 @@ def plan(names: list[str], seeds_of: dict[str, list[int]], timing: dict, steps: 
         run_s = timing.get("configs", {}).get(name, {}).get("projected_run_s") or (
             DEFAULT_TIMING["setup_s"] + steps * DEFAULT_TIMING["step_s"]
         )
-        p6 = timing.get("p6_s", DEFAULT_TIMING["p6_s"]) if name in P6_CONFIGS else 0.0
+        p6 = p6_s if name in P6_CONFIGS else 0.0
         later = full_eval if name in FULL_EVAL_CONFIGS else train_eval
         first = run_s + full_eval + p6
         worst += first + (len(seeds) - 1) * (run_s + later + p6)
@@ -696,7 +698,7 @@ def plan(names: list[str], seeds_of: dict[str, list[int]], timing: dict, steps: 
     guided_s = parts.get("guided_s", full_eval / 4)
     # the base measurement and its P6, then i* (up to 3 guided rounds) and the SFT traces, priced by guided sampling
     seeds = max(len(v) for v in seeds_of.values()) if seeds_of else 0
-    base = full_eval + timing.get("p6_s", DEFAULT_TIMING["p6_s"])
+    base = full_eval + p6_s
     base += guided_s * (3 * sizes.n_prefix + seeds * sizes.n_sft) / sizes.n_guided
     source = (
         "timed by --time-3-steps (timing.json)" if timing.get("configs") else "defaults: no timing.json yet"
@@ -742,8 +744,8 @@ def time_configs(runner: Runner, names, model: Path, ctx: dict, full_steps: int)
     out["eval_s"] = time.monotonic() - t
     out["eval_parts_s"] = {k: numbers[k] for k in ("unguided_s", "guided_s")}
     t = time.monotonic()
-    carry(model, ctx["instances"], groups, ctx["budget"], runner.sizes.n_carry, 0)
-    out["p6_s"] = time.monotonic() - t
+    p6 = carry(model, ctx["instances"], groups, ctx["budget"], runner.sizes.n_carry, 0)
+    out["p6_s"], out["p6_states"] = time.monotonic() - t, p6["pooled"]["states"]
     return out
 
 
@@ -752,7 +754,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="pilot model, 1 seed, 3 steps: a plumbing check")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
     parser.add_argument(
-        "--ablation-seeds", default=None, help=f"seeds of {', '.join(ABLATIONS)} (default: --seeds)"
+        "--ablation-seeds",
+        default=None,
+        help=f"seeds of {', '.join(ABLATIONS)} (default: the first of --seeds, for the ~90-minute budget)",
     )
     parser.add_argument("--only", default=None, help=f"comma-separated configs of {', '.join(EXPERIMENTS)}")
     parser.add_argument(
@@ -775,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     smoke = quick and not args.time_3_steps  # a timing projects the full run: its seeds, splits, samples
     seeds = [int(s) for s in (args.seeds or ("0" if smoke else "0,1,2")).split(",")]
-    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")] if args.ablation_seeds else seeds
+    # the ablations get the first seed unless told: every config at 3 seeds projects to ~140 min (timing.json)
+    ablation_seeds = [int(s) for s in (args.ablation_seeds or str(seeds[0])).split(",")]
     sizes = QUICK if smoke else FULL
     names = args.only.split(",") if args.only else list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
