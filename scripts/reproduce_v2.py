@@ -22,7 +22,9 @@ follow from the trace (memorised); easy pass@1; mean token entropy (metrics.json
 check, never a result; its report goes under --out, never to RESULTS.md or results/.
 ``--time-3-steps``: every config for 3 learner steps and one base evaluation, timed, and the full run
 projected (<out>/timing.json). Any training on the real base model, timing included, is refused until
-results/v2_preregistration.md is committed with no local changes (TESTBED.md principle 5).
+results/v2_preregistration.md is committed with no local changes and the gates script's gates.json
+shows G1-G6 passed on this model at this budget (TESTBED.md principle 5; ``--despite-failed-gates``
+overrides the second, and the report says so).
 """
 
 from __future__ import annotations
@@ -157,6 +159,23 @@ def gates_prefixes(gates_dir: Path, model: Path, budget: int) -> tuple[Path | No
     if used != budget:
         return None, gates, f"{report} used budget {used}, the configs {budget}: i* is stale"
     return path, gates, f"from {path}"
+
+
+def failed_gates(gates: dict | None, model: Path, budget: int) -> list[str]:
+    """What stands between this base model and RL: G1-G6 as the gates script judged them on ``model`` at
+    ``budget`` (results/v2_preregistration.md: every gate passes before any RL run)."""
+    if gates is None or Path(gates.get("model", "")).resolve() != model.resolve():
+        return [f"no gates.json of {model}"]
+    if gates.get("budget", {}).get("used") != budget:
+        return [f"gates.json used budget {gates.get('budget', {}).get('used')}, the configs {budget}"]
+    failed = []
+    for gate in ("G1", "G2", "G3", "G4", "G5", "G6"):
+        report = gates.get(gate, {})
+        verdicts = [report["pass"]] if "pass" in report else []
+        verdicts += [v["pass"] for v in report.values() if isinstance(v, dict) and "pass" in v]
+        if not verdicts or not all(verdicts):
+            failed.append(gate)
+    return failed
 
 
 def prepare_prefixes(pool, config, rows, data_dir: Path, source: Path | None, n: int) -> dict:
@@ -514,6 +533,11 @@ def markdown(state: dict) -> str:
         "",
         *(["**QUICK: a plumbing check on the pilot model, not a result.**", ""] if state["quick"] else []),
         f"Pre-registration: `{PREREG}` at commit {commit}.  ",
+        *(
+            [f"**Trained despite failed gates: {', '.join(state['failed_gates'])}.**  "]
+            if state["failed_gates"]
+            else []
+        ),
         f"Command: `{state['command']}`  ",
         f"Machine: {machine()}  ",
         f"Finished {state['finished']}; took {state['timings']['total_s'] / 60:.1f} min "
@@ -773,6 +797,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--time-3-steps", action="store_true", help="time 3 steps of every config; project")
     parser.add_argument(
+        "--despite-failed-gates", action="store_true", help="train although a gate failed (reported)"
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="keep runs already measured under --out/records"
     )
     args = parser.parse_args(argv)
@@ -803,7 +830,6 @@ def main(argv: list[str] | None = None) -> int:
     model = tb.resolve_base_model(cache, tb.PILOT_SPEC if quick else None, log=log)
     log(f"base model {model}{' (PILOT: plumbing check only)' if quick else ''}")
     data_dir = out / "data"
-    rows = write_data(data_dir, sizes.per_arm)
     runner = Runner(out, data_dir, sizes)
     eval_config = runner.config(EVAL_CONFIG, 1234, model, "run.run_id=v2-eval")  # one sampling seed for all
     budget = eval_config.actors.max_new_tokens
@@ -814,6 +840,14 @@ def main(argv: list[str] | None = None) -> int:
     source, gates, why = (None, None, "--quick: searched on the pilot") if quick else gates_prefixes(
         ROOT / args.gates, model, budget)  # fmt: skip
     log(f"i*: {why}")
+    failed = [] if quick else failed_gates(gates, model, budget)
+    if failed and not args.despite_failed_gates:
+        parser.error(f"gates not passed on {model}: {', '.join(failed)} (scripts/testbed_v2_gates.py; "
+                     f"{PREREG}: every gate passes before any RL run); --despite-failed-gates overrides, "
+                     "and the report says so")  # fmt: skip
+    if failed:
+        log(f"WARNING: training despite failed gates {failed}")
+    rows = write_data(data_dir, sizes.per_arm)
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     steps = sizes.steps or eval_config.learner.steps
@@ -906,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         "ablation_seeds": ablation_seeds, "steps": steps,
         "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model), "budget": budget,
         "sizes": asdict(sizes), "prefixes": prefixes, "g0": g0, "g0_source": g0_source,
-        "gates_P6_base": (gates or {}).get("P6_carry_over"), "base": base, "runs": results,
+        "gates_P6_base": (gates or {}).get("P6_carry_over"), "failed_gates": failed, "base": base, "runs": results,
         "predictions": predictions,
         "plot": os.path.relpath(plot_path, report_path.parent) if plot_path else None,
     }  # fmt: skip

@@ -186,3 +186,16 @@ def test_same_weights_sft_and_carry_on_a_tiny_model(tiny_folder, tmp_path):
     )
     assert p6[instance.arm]["states"] == 1 and p6["pooled"]["states"] == 1
     assert 0.0 <= p6["pooled"]["own"] <= 1.0 and 0.0 <= p6["pooled"]["oracle"] <= 1.0
+
+
+def test_failed_gates_names_each_failing_gate(tmp_path):
+    model = tmp_path / "base"
+    model.mkdir()
+    per_arm = {arm: {"pass": True} for arm in tb.ARMS}
+    gates = {"model": str(model), "budget": {"used": 234}, "G1": {"pass": True}, "G2": per_arm,
+             "G3": {**per_arm, "H-blind": {"pass": False}}, "G4": {"pass": False}, "G5": {"pass": True},
+             "G6": {"pass": True}}  # fmt: skip
+    assert rv2.failed_gates(gates, model, 234) == ["G3", "G4"]
+    assert rv2.failed_gates(gates, model, 224) == ["gates.json used budget 234, the configs 224"]
+    assert rv2.failed_gates(gates, tmp_path / "other", 234) == [f"no gates.json of {tmp_path / 'other'}"]
+    assert rv2.failed_gates({**gates, "G3": per_arm, "G4": {"pass": True}}, model, 234) == []
