@@ -45,7 +45,7 @@ from orchestrator.models import resolve_model_path
 from orchestrator.pools import Pools
 from pope.config import PopeConfig, dump_config
 from pope.datasets import run_problems
-from pope.models.folder import ModelFolder
+from pope.models.folder import MAX_STAGED_BYTES, ModelFolder
 from pope.prompts import PromptSchedule
 
 PROBE_TOKENS = 8
@@ -168,6 +168,23 @@ def _resolve_inputs(config: PopeConfig, printer):
     return schedule, easy, model_path
 
 
+def _stage_model(config: PopeConfig, model_path: str, client, run_id: str, printer) -> ModelFolder:
+    """A small built-in model travels with its files, staged in Redis for nodes that cannot see the
+    driver's folder; a large one (or a user's folder) must be on storage every node sees."""
+    model = ModelFolder(model_path)
+    if not config.model.path.startswith("builtin:"):
+        return model
+    size = ModelFolder.size(model_path)
+    if size > MAX_STAGED_BYTES:
+        printer(
+            f"model {config.model.path}: {size / 2**20:.0f} MiB, not staged for other nodes "
+            f"(limit {MAX_STAGED_BYTES >> 20} MiB): on a cluster, {model_path} must be on storage every node sees"
+        )
+        return model
+    files = ModelFolder.read_files(model_path)
+    return ModelFolder(model_path, stage_files(client, run_id, f"model:{ModelFolder.digest(files)}", files))
+
+
 def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
     """Run one training job to ``learner.steps`` steps; returns the summary (also in summary.json).
 
@@ -194,12 +211,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         started_ray = _start_ray(config)
         if started_ray:
             stack.callback(ray.shutdown)
-        # a built-in model travels with its files: a node that cannot see the driver's folder writes them
-        model = ModelFolder(model_path)
-        if config.model.path.startswith("builtin:"):  # staged in Redis for nodes that cannot see the folder
-            files = ModelFolder.read_files(model_path)
-            key = stage_files(client, run_id, f"model:{ModelFolder.digest(files)}", files)
-            model = ModelFolder(model_path, key)
+        model = _stage_model(config, model_path, client, run_id, printer)
         # problems go by value: Ray keeps them with each actor's creation task, so a restarted actor
         # gets them again (an object put here was not always retrievable at the restart)
         pools = Pools(config, model, redis_url, _process_env(config, 1), schedule.hard, easy)

@@ -164,3 +164,26 @@ def test_a_built_in_model_reaches_a_node_that_cannot_see_the_drivers_folder(
             assert handle.read() == data
     with pytest.raises(FileNotFoundError, match="every node"):
         ModelFolder(str(tmp_path / "gone")).local(tmp_path)
+
+
+def test_a_large_built_in_model_is_not_staged_and_the_run_says_so(tmp_path, redis_client):
+    """SmolLM2 (517 MiB) is over the staging limit: the launcher leaves it on the driver's storage
+    and prints that a cluster must see it, instead of refusing the run (a sparse file stands in)."""
+    from orchestrator.launcher import _stage_model
+    from pope.config import load_config
+    from pope.models.folder import MAX_STAGED_BYTES
+
+    big, small = tmp_path / "big", tmp_path / "small"
+    big.mkdir(), small.mkdir()
+    with open(big / "model.safetensors", "wb") as handle:
+        handle.truncate(MAX_STAGED_BYTES + 1)
+    (small / "config.json").write_text("{}")
+    config = load_config(None, ["model.path=builtin:tiny-qwen2"])
+    said: list[str] = []
+    run_id = "s" + uuid.uuid4().hex[:8]
+    assert _stage_model(config, str(big), redis_client, run_id, said.append).files_key is None
+    assert len(said) == 1 and "not staged" in said[0] and str(big) in said[0]
+    staged = _stage_model(config, str(small), redis_client, run_id, said.append)
+    assert staged.files_key is not None and len(said) == 1
+    user = load_config(None, [f"model.path={small}"])
+    assert _stage_model(user, str(small), redis_client, run_id, said.append).files_key is None

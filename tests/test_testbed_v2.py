@@ -198,7 +198,7 @@ def test_splits_are_deterministic_disjoint_and_reserved(tmp_path, splits):
     configs = {"assistant_start": tb.data_config(), "user_end": tb.data_config("user_end")}
     tok = tb.build_tokenizer(0)
     for _ in range(30):
-        prompt, _ = tb.document(tokenizer_free_rng, tok, tb.BASE_SPEC, configs)
+        prompt, _, _ = tb.document(tokenizer_free_rng, tok, tb.BASE_SPEC, configs)
         text = tok.decode(prompt)
         user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
         assert not tb.is_eval_locks(tb.locks_of(user))
@@ -286,7 +286,8 @@ def test_a_pilot_build_loads_and_generates(tmp_path):
         "batch_size": 4,
         "warmup_steps": 1,
     }
-    spec = {**first, "version": 2, "init": first, "train_steps": 2, "doc_mix": tb.BASE_SPEC["doc_mix"]}
+    spec = {**first, "version": 2, "init": first, "train_steps": 2, "doc_mix": tb.BASE_SPEC["doc_mix"],
+            "first_try_share": 0.5}  # fmt: skip
     folder = tb.resolve_base_model(tmp_path, spec, seed=0)  # builds stage 1, then continues it
     parent = tmp_path / f"testbed-v2-test-v1-{tb.spec_hash(first, 0)}"
     assert (parent / "config.json").is_file() and folder != parent.resolve()
@@ -305,3 +306,36 @@ def test_a_pilot_build_loads_and_generates(tmp_path):
     torch.manual_seed(0)
     out = model.generate(ids, max_new_tokens=5, do_sample=True, top_k=0, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] <= ids.shape[1] + 5 and out.shape[1] > ids.shape[1]
+
+
+def test_short_documents_mask_exactly_the_first_tried_key_of_every_line():
+    """Stage 3's short documents: many first-try lines, and no loss on any line's first key, so they
+    teach continuing after short lines without teaching which key to try first."""
+    from pope.units import split_units
+
+    configs = {"assistant_start": tb.data_config(), "user_end": tb.data_config("user_end")}
+    tok = tb.build_tokenizer(0)
+    spec = {**tb.BASE_SPEC, "doc_mix": {"short": 1.0}}
+    rng = random.Random(7)
+    first_try = lines = 0
+    for _ in range(60):
+        prompt, target, masked = tb.document(rng, tok, spec, configs)
+        text = tok.decode(target[:-1])
+        parsed = tb.parse_trace(text)
+        assert parsed.lines and len(masked) == len(parsed.lines)
+        # the masked tokens, decoded one by one, are the lines' first keys in order
+        assert [tok.decode([target[i]]) for i in masked] == [str(line.tries[0].key) for line in parsed.lines]
+        first_try += sum(len(line.tries) == 1 for line in parsed.lines)
+        lines += len(parsed.lines)
+        assert len(split_units(text)) == len(parsed.lines) + 1
+    # each line first-try with probability 0.5, plus 1/9 of the others: 0.5 + 0.5/9 = 0.556
+    assert 0.47 < first_try / lines < 0.64
+    plain = tb.document(random.Random(7), tok, {**tb.BASE_SPEC, "doc_mix": {"long": 1.0}}, configs)
+    assert plain[2] == ()
+
+
+def test_the_base_spec_chain_keeps_the_built_stages():
+    """Stage 1 and stage 2 keep the hashes their gate measurements were made on."""
+    assert tb.spec_hash(tb.STAGE1_SPEC, 0) == "3f00d69730d5"
+    assert tb.spec_hash(tb.STAGE2_SPEC, 0) == "1502d8e4649c"
+    assert tb.BASE_SPEC["init"] == tb.STAGE2_SPEC and tb.STAGE2_SPEC["init"] == tb.STAGE1_SPEC

@@ -4,9 +4,10 @@ to fetch its files.
 The roof resolves ``model.path`` once, on the driver (orchestrator/models.py). A component on
 another node may not see that path: a built-in model was built under the driver's working
 directory (``ray job submit`` unpacks a copy per node). So the launcher stages a built-in model's
-files in the run's Redis (they are small: the tiny and testbed models are a few MB;
+files in the run's Redis when they are small (the tiny and testbed models are a few MB;
 ``broker.streams.stage_files``) and a component whose node lacks the folder fetches them once into
-a node-local folder. The files never travel in Ray task arguments: Ray does not keep large
+a node-local folder. A larger built-in model (SmolLM2-135M, 517 MiB) is not staged: on a cluster
+its folder must be on storage every node sees, like a user's. The files never travel in Ray task arguments: Ray does not keep large
 arguments of an actor's creation task for its restarts. A user's folder is never copied: on a
 cluster it must be on storage every node sees, and a node without it fails naming it.
 """
@@ -30,16 +31,20 @@ class ModelFolder:
     files_key: str | None = None  # where its files are staged (a Redis key); None: not staged
 
     @staticmethod
+    def size(path: str | Path) -> int:
+        """Bytes of all files under the folder."""
+        return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+    @staticmethod
     def read_files(path: str | Path) -> dict[str, bytes]:
         folder = Path(path)
-        files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-        size = sum(len(b) for b in files.values())
+        size = ModelFolder.size(folder)
         if size > MAX_STAGED_BYTES:
             raise ValueError(
                 f"model folder {folder} holds {size / 2**20:.0f} MiB, too much to stage for other nodes: "
                 "put it on storage every node sees and set model.path to it"
             )
-        return files
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
     @staticmethod
     def digest(files: dict[str, bytes]) -> str:
