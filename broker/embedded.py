@@ -84,9 +84,15 @@ class EmbeddedRedis:
         lines += (
             ["appendonly yes", "appendfsync always"] if self.persistence else ['save ""', "appendonly no"]
         )
-        conf.write_text("\n".join(lines) + "\n")
-        os.chmod(conf, 0o600)  # it holds the password
-        self.process = subprocess.Popen([find_redis_server(), str(conf)], stdout=subprocess.DEVNULL)
+        # it holds the password: created 0600 (never readable by others, not even for a moment)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        # umask 077: the files redis-server writes (AOF, RDB: the run's data) are 0600 too
+        self.process = subprocess.Popen(
+            [find_redis_server(), str(conf)], stdout=subprocess.DEVNULL, umask=0o077
+        )
         deadline = time.monotonic() + self.start_timeout_s
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2)
         while True:

@@ -7,7 +7,26 @@ import json
 import sys
 from pathlib import Path
 
-from pope.config import ConfigError, config_schema, dump_config, load_config
+from pope.config import ConfigError, config_schema, dump_config, is_redacted, load_config
+from pope.datasets import DataError
+
+
+class CliError(Exception):
+    """A bad input the command line reports in one line (exit 2), without a traceback."""
+
+
+def _connection(run_dir: Path) -> dict:
+    """The run's connection.json (run id, Redis URL), or a CliError naming what is wrong with it."""
+    path = run_dir / "connection.json"
+    if not path.is_file():
+        raise CliError(f"no run in {run_dir} ({path} missing)")
+    try:
+        connection = json.loads(path.read_text())
+        if not isinstance(connection.get("run_id"), str) or not isinstance(connection.get("redis_url"), str):
+            raise ValueError("needs the strings run_id and redis_url")
+    except (ValueError, AttributeError) as exc:
+        raise CliError(f"{path} is corrupt: {exc}") from None
+    return connection
 
 
 def _train(args) -> int:
@@ -23,6 +42,8 @@ def _train(args) -> int:
             return 2
         overrides = [f"run.output_dir={run_dir.parent}", *args.overrides]
         config = load_config(run_dir / "config.yaml", overrides)
+        if is_redacted(config.broker.redis_url):  # config.yaml never holds the password: connection.json does
+            config.broker.redis_url = _connection(run_dir)["redis_url"]
     else:
         config = load_config(args.config, args.overrides)
     try:
@@ -64,23 +85,27 @@ def _data_validate(args) -> int:
 
 def _scale(args) -> int:
     """Ask a running run to resize a pool: a ScaleRequest on its control stream."""
-    from broker.schemas import ScaleRequest
-    from broker.streams import ControlChannel, connect
+    import redis
 
-    run_dir = Path(args.output_dir) / args.run
-    conn_file = run_dir / "connection.json"
-    if not conn_file.is_file():
-        print(f"pope scale: no run {args.run!r} in {args.output_dir} ({conn_file} missing)", file=sys.stderr)
-        return 2
-    connection = json.loads(conn_file.read_text())
-    client = connect(connection["redis_url"])
-    for request in args.sizes:
+    from broker.schemas import ScaleRequest
+    from broker.streams import ControlChannel, connect, redacted
+
+    requests = []
+    for request in args.sizes:  # every request checked before any is sent
         pool, _, size = request.partition("=")
         if pool not in ("actors", "preprocess") or not size.isdigit() or int(size) < 1:
-            print(f"pope scale: {request!r}: use actors=N or preprocess=N with N >= 1", file=sys.stderr)
-            return 2
-        ControlChannel(client, connection["run_id"]).publish(ScaleRequest(pool=pool, size=int(size)))
-        print(f"asked run {connection['run_id']} for {pool}={size}")
+            raise CliError(f"scale: {request!r}: use actors=N or preprocess=N with N >= 1")
+        requests.append(ScaleRequest(pool=pool, size=int(size)))
+    connection = _connection(Path(args.output_dir) / args.run)
+    try:
+        client = connect(connection["redis_url"], socket_timeout_s=5.0, reconnect_timeout_s=5.0)
+        for request in requests:
+            ControlChannel(client, connection["run_id"]).publish(request)
+            print(f"asked run {connection['run_id']} for {request.pool}={request.size}")
+    except redis.RedisError as exc:
+        raise CliError(
+            f"scale: the run's Redis ({redacted(connection['redis_url'])}) did not answer: {exc}"
+        ) from None
     return 0
 
 
@@ -205,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, DataError, CliError, FileNotFoundError) as exc:
         print(f"pope: {exc}", file=sys.stderr)
         return 2
 

@@ -9,13 +9,15 @@ This module imports no heavy library (no torch, ray, vllm or deepspeed): a test 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -196,11 +198,25 @@ class ActorsConfig(Section):
     )
 
 
+REDACTED = "***"
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")  # the password of a scheme://user:password@host URL
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ***: what files and messages show."""
+    return _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
+
+
+def is_redacted(url: str | None) -> bool:
+    return url is not None and urlsplit(url).password == REDACTED
+
+
 class BrokerConfig(Section):
     redis_url: str | None = Field(
         None,
-        description="redis:// or rediss:// URL of an external Redis; unset starts an embedded redis-server on "
-        "loopback with a generated password.",
+        description="redis://, rediss:// or unix:// URL of an external Redis; unset starts an embedded "
+        "redis-server on loopback with a generated password. Its password is never written to the run's "
+        "config.yaml or printed (shown as ***); a resumed run takes it from the run's connection.json (0600).",
     )
     max_groups_in_flight: int = Field(
         8,
@@ -235,6 +251,13 @@ class BrokerConfig(Section):
         description="How often the launcher trims stream entries every consumer group acknowledged (Redis "
         "memory stays bounded by what is in flight); 0 never trims.",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {redact_url(url)!r}")
+        return url
 
 
 class PreprocessConfig(Section):
@@ -528,7 +551,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
     if overrides:
-        origin += " + overrides " + " ".join(overrides)
+        origin += " + overrides " + redact_url(" ".join(overrides))
     try:
         return PopeConfig.model_validate(tree)
     except ValidationError as exc:
@@ -540,4 +563,9 @@ def config_schema() -> str:
 
 
 def dump_config(config: PopeConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML, with the password of ``broker.redis_url`` shown as *** (config.yaml is
+    shared with the run's results; the password is in connection.json, mode 0600)."""
+    tree = config.model_dump(mode="json")
+    if tree["broker"]["redis_url"]:
+        tree["broker"]["redis_url"] = redact_url(tree["broker"]["redis_url"])
+    return yaml.safe_dump(tree, sort_keys=False)

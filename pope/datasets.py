@@ -64,6 +64,11 @@ from pope.verify import MathVerifyRunner, unwrap_math
 NUM_REASONS_IN_ERROR = 5
 
 
+class DataError(ValueError):
+    """A problem source that cannot be used (too many bad rows, an unknown format or name): its
+    message names the file and the reasons, and the command line prints it as one line."""
+
+
 PREFIX_UNITS_FIELD = "pope_prefix_units"  # written by `pope find-prefixes`: the guidance prefix i*(x)
 
 
@@ -371,7 +376,7 @@ def check_bad_fraction(report: LoadReport, max_bad_fraction: float) -> None:
     more = len(report.bad_rows) - NUM_REASONS_IN_ERROR
     if more > 0:
         reasons += f"; and {more} more"
-    raise ValueError(
+    raise DataError(
         f"{report.path}: {report.rows_bad} of {report.rows_total} rows bad "
         f"({report.bad_fraction:.1%}, max_bad_fraction {max_bad_fraction:g}), {report.rows_ok} usable"
         + (f": {reasons}" if reasons else "")
@@ -390,7 +395,7 @@ def validate_file(
     elif path.suffix == ".parquet":
         rows = _parquet_rows(path)
     else:
-        raise ValueError(f"{path}: unknown format {path.suffix!r} (expected .jsonl or .parquet)")
+        raise DataError(f"{path}: unknown format {path.suffix!r} (expected .jsonl or .parquet)")
     return validate_rows(rows, str(path), path.stem, fields, checker)
 
 
@@ -428,7 +433,7 @@ def parse_hf_source(source: str) -> tuple[str, str | None, str]:
     """``hf:ORG/NAME``, ``hf:ORG/NAME:SPLIT`` or ``hf:ORG/NAME:CONFIG:SPLIT`` -> (name, config, split)."""
     parts = source.removeprefix("hf:").split(":")
     if not source.startswith("hf:") or not parts[0] or len(parts) > 3 or not all(parts):
-        raise ValueError(f"{source!r}: expected hf:ORG/NAME, hf:ORG/NAME:SPLIT or hf:ORG/NAME:CONFIG:SPLIT")
+        raise DataError(f"{source!r}: expected hf:ORG/NAME, hf:ORG/NAME:SPLIT or hf:ORG/NAME:CONFIG:SPLIT")
     if len(parts) == 1:
         return parts[0], None, "train"
     if len(parts) == 2:
@@ -479,7 +484,7 @@ def load_problems(
             for p in builtin_arithmetic(num_problems, seed + 1, min_ops=1, max_ops=1)
         ]
     if not source.startswith("hf:") and not Path(source).is_file():
-        raise ValueError(f"data.source {source!r}: not builtin:..., not hf:ORG/NAME and not an existing file")
+        raise DataError(f"data.source {source!r}: not builtin:..., not hf:ORG/NAME and not an existing file")
     problems, _report = load_source(source, fields, max_bad_fraction)
     return problems
 
