@@ -46,6 +46,8 @@ TARGET_GUIDED_SUCCESS = (
     0.3  # the budget calibration's target (TESTBED.md says 0.2; see results/v2_preregistration.md)
 )
 MAX_BUDGET = 300  # calibration samples run this long; success at any budget below is read off them
+TARGET_A3_UNGUIDED = 0.2  # A3's training budget: base unguided success ~0.2 pooled (the pre-registration)
+A3_MAX_BUDGET = 640  # A3's unguided calibration samples run this long (prompt ~90 + 640 < the model's 1024)
 
 
 @dataclass
@@ -258,6 +260,17 @@ def run(args) -> dict:
     }
     print(f"budget: calibrated {calibrated}, using {budget} ({time.time() - started:.0f} s)", file=sys.stderr)
 
+    # A3's training budget: unguided on the calibration split, long samples, success read off per budget
+    cal_unguided = sampler.sample([(i.problem, 0) for i in cal], sizes["cal"] // 2, A3_MAX_BUDGET)
+    a3_curve = {
+        b: sum(s.ok(b) for g in cal_unguided for s in g) / sum(map(len, cal_unguided))
+        for b in range(budget, A3_MAX_BUDGET + 1, 10)
+    }
+    a3 = next((b for b, rate in a3_curve.items() if rate >= TARGET_A3_UNGUIDED), None)
+    report["A3_budget"] = {"calibrated": a3, "curve": a3_curve, "target": TARGET_A3_UNGUIDED,
+                           "samples_per_problem": sizes["cal"] // 2}  # fmt: skip
+    print(f"A3 budget: {a3} ({time.time() - started:.0f} s)", file=sys.stderr)
+
     # G1: easy, unguided
     easy = splits["easy"]
     easy_samples = sampler.sample([(i.problem, 0) for i in easy], sizes["easy"], budget)
@@ -421,6 +434,10 @@ def markdown(report: dict) -> str:
         lines += [f"Budget: calibrated {b['calibrated']} (guided success >= {b['target']} on the calibration split "
                   f"with the 3 top lines), used {b['used']}. Samples: n={report['n']}, sizes {report['sizes']}, "
                   f"{report['rows_sampled']} rows, {report['wall_s']:.0f} s.", ""]  # fmt: skip
+        if "A3_budget" in report:
+            a3 = report["A3_budget"]
+            lines += [f"A3's training budget: {a3['calibrated']} (base unguided success >= {a3['target']} pooled on "
+                      f"the calibration split, {a3['samples_per_problem']} samples per problem).", ""]  # fmt: skip
         n = report["n"]
         lines += ["| gate | measure | H-shared | H-unshared | H-blind | pass |", "|---|---|---|---|---|---|"]
         lines.append(f"| G1 | easy pass@1 | {report['G1']['easy_pass@1']:.3f} | | | {report['G1']['pass']} |")
