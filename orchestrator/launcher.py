@@ -207,11 +207,13 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         schedule, easy, model_path = _resolve_inputs(config, printer)
         problems = schedule.hard + schedule.not_guidable
         printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
+        # staged before Ray starts: under ray job submit, joining the cluster may unpack the job's working
+        # directory again, and a built-in model built inside it is gone (other nodes fetch the staged copy)
+        model = _stage_model(config, model_path, client, run_id, printer)
 
         started_ray = _start_ray(config)
         if started_ray:
             stack.callback(ray.shutdown)
-        model = _stage_model(config, model_path, client, run_id, printer)
         # problems go by value: Ray keeps them with each actor's creation task, so a restarted actor
         # gets them again (an object put here was not always retrievable at the restart)
         pools = Pools(config, model, redis_url, _process_env(config, 1), schedule.hard, easy)

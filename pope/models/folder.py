@@ -44,7 +44,12 @@ class ModelFolder:
                 f"model folder {folder} holds {size / 2**20:.0f} MiB, too much to stage for other nodes: "
                 "put it on storage every node sees and set model.path to it"
             )
-        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        if "config.json" not in files:
+            raise FileNotFoundError(
+                f"model folder {folder} holds no config.json ({len(files)} files): nothing to stage"
+            )
+        return files
 
     @staticmethod
     def digest(files: dict[str, bytes]) -> str:
