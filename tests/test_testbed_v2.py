@@ -338,4 +338,6 @@ def test_the_base_spec_chain_keeps_the_built_stages():
     """Stage 1 and stage 2 keep the hashes their gate measurements were made on."""
     assert tb.spec_hash(tb.STAGE1_SPEC, 0) == "3f00d69730d5"
     assert tb.spec_hash(tb.STAGE2_SPEC, 0) == "1502d8e4649c"
-    assert tb.BASE_SPEC["init"] == tb.STAGE2_SPEC and tb.STAGE2_SPEC["init"] == tb.STAGE1_SPEC
+    assert tb.spec_hash(tb.STAGE3_SPEC, 0) == "4d0ace88a04f"
+    assert tb.BASE_SPEC["init"] == tb.STAGE3_SPEC and tb.STAGE3_SPEC["init"] == tb.STAGE2_SPEC
+    assert tb.STAGE2_SPEC["init"] == tb.STAGE1_SPEC
