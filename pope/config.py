@@ -21,7 +21,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf/nan anywhere (an infinite timeout is a wait that never ends), no true/false for a count
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+                    raise ValueError(f"{name}: a number, not {str(value).lower()}")
+        return data
 
 
 class RunConfig(Section):
@@ -278,7 +289,7 @@ class PreprocessConfig(Section):
     num_cpus: float = Field(0.25, gt=0.0, description="Ray CPUs reserved per preprocess worker.")
     claim_idle_s: float = Field(
         60.0,
-        gt=0,
+        ge=1.0,  # below a second, a healthy worker's entries would be claimed while it scores them
         description="Entries a worker read but did not acknowledge for this long are claimed by another.",
     )
     max_deliveries: int = Field(

@@ -104,3 +104,26 @@ def test_settings_that_bias_the_method_are_refused():
     with pytest.raises(ConfigError, match="pair_variants"):
         load_config(None, ["data.pair_variants=true", "data.guided_fraction=0.25"])
     load_config(None, ["learner.kl_coef=0.1", "learner.kl_estimator=k3", "data.pair_variants=true"])
+
+
+@pytest.mark.parametrize(
+    "override, named, reason",
+    [
+        ("broker.socket_timeout_s=.inf", "broker.socket_timeout_s", "finite"),
+        ("learner.data_timeout_s=nan", "learner.data_timeout_s", "finite"),
+        ("preprocess.verify_timeout_s=0", "preprocess.verify_timeout_s", "greater than 0"),
+        ("preprocess.claim_idle_s=0.5", "preprocess.claim_idle_s", "greater than or equal to 1"),
+        ("learner.steps=true", "steps", "a number, not true"),
+        ("actors.num_rollouts=false", "num_rollouts", "a number, not false"),
+        ("broker.redis_url=http://h:6379", "broker.redis_url", "redis://"),
+    ],
+)
+def test_values_that_cannot_work_are_refused_naming_the_key(override, named, reason):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [override])
+    assert named in str(caught.value) and reason in str(caught.value), str(caught.value)
+
+
+def test_booleans_stay_booleans_and_integral_floats_stay_accepted():
+    config = load_config(None, ["broker.persistence=false", "learner.steps=3", "preprocess.claim_idle_s=1"])
+    assert config.broker.persistence is False and config.learner.steps == 3
