@@ -41,6 +41,26 @@ def _lineage(g: ScoredGroup) -> dict:
     }
 
 
+def metrics_lines_held(text: str, step: int) -> tuple[list[str], int]:
+    """The lines of metrics.jsonl a checkpoint of ``step`` holds (steps <= step), and the length of a
+    torn last line (a write the crash cut; 0 if none). A corrupt line elsewhere is an error naming it."""
+    lines = text.splitlines()
+    torn = 0
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            torn = len(lines.pop())
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"metrics.jsonl line {number} is corrupt ({exc}): cannot resume on it") from None
+    return kept, torn
+
+
 class Learner:
     def __init__(
         self,
@@ -230,9 +250,10 @@ class Learner:
         self.totals = dict(extra["totals"])
         self.reward_sums = {k: list(v) for k, v in extra.get("reward_sums", {}).items()}
         self._replay_pending = True
-        if self.metrics_path.exists():  # drop the lines of steps the checkpoint does not hold
-            lines = self.metrics_path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= self.policy.step_count]
+        if self.metrics_path.exists():
+            kept, torn = metrics_lines_held(self.metrics_path.read_text(), self.policy.step_count)
+            if torn:
+                print(f"learner resume: {self.metrics_path}: dropped a torn last line ({torn} characters)")
             self.metrics_path.write_text("".join(line + "\n" for line in kept))
         return self.policy.step_count
 
@@ -262,14 +283,17 @@ class Learner:
                 self.policy.version += 1
                 broadcast_s, sent, received = self._publish_weights()
                 self.trained_group_ids.extend(g.group.group_id for g in trained)
-                self._commit(entry_ids, steps)
                 metrics.update(data_wait_s=data_wait_s, broadcast_s=broadcast_s)
                 step_metrics, lags = self._step_metrics(groups, trained)
                 metrics.update(step_metrics)
                 metrics["step_s"] = time.monotonic() - start
                 for key in self.totals:
                     self.totals[key] += metrics[key]
+                # the step's line (its lineage) is written before the checkpoint that holds the step,
+                # and the checkpoint's totals include the step: a crash between the two loses nothing
+                # (resume drops lines of steps the checkpoint does not hold)
                 self._log_step(log, metrics, lags, groups, trained, sent, received)
+                self._commit(entry_ids, steps)
         return {
             "steps": self.policy.step_count,
             "learner_version": self.version,

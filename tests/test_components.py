@@ -187,3 +187,18 @@ def test_a_large_built_in_model_is_not_staged_and_the_run_says_so(tmp_path, redi
     assert staged.files_key is not None and len(said) == 1
     user = load_config(None, [f"model.path={small}"])
     assert _stage_model(user, str(small), redis_client, run_id, said.append).files_key is None
+
+
+@pytest.mark.unit
+def test_resume_keeps_the_metrics_lines_its_checkpoint_holds_and_drops_a_torn_last_line():
+    from learner.trainer import metrics_lines_held
+
+    lines = [json.dumps({"step": s, "loss": 0.1 * s}) for s in (1, 2, 3)]
+    whole = "".join(line + "\n" for line in lines)
+    assert metrics_lines_held(whole, 2) == (lines[:2], 0)  # step 3 is not in the checkpoint
+    assert metrics_lines_held(whole, 3) == (lines, 0)
+    torn = whole + '{"step": 4, "lo'  # the crash cut the write of step 4
+    assert metrics_lines_held(torn, 3) == (lines, len('{"step": 4, "lo'))
+    assert metrics_lines_held("", 3) == ([], 0)
+    with pytest.raises(ValueError, match="line 2 is corrupt"):
+        metrics_lines_held(lines[0] + "\n{not json\n" + lines[2] + "\n", 3)
