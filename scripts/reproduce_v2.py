@@ -362,7 +362,12 @@ def curves(run_dir: Path, arm_of: dict[str, str], window: int) -> dict:
     return out
 
 
+TRAIN_BUDGET_NOTE = {"pope_user_end": "B*+47", "pope_long": "B*+47", "grpo_budget": "A3's budget"}
+
+
 def plot(results: dict, path: Path) -> Path | None:
+    """Per arm, the share of train_hard problems solved unguided in the learner's trailing window, at
+    each config's training budget (A1's and A3's are longer than B*: their curves are not at B*)."""
     try:
         import matplotlib
     except ImportError:  # deliberate: the numbers do not need the plot (make reproduce installs it)
@@ -372,19 +377,27 @@ def plot(results: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(ARMS), figsize=(5 * len(ARMS), 4), sharey=True)
+    colors = plt.get_cmap("tab20").colors  # one color and style per config: twelve lines must stay apart
     for ax, arm in zip(axes, ARMS, strict=True):
-        for name, runs in results.items():
+        for index, (name, runs) in enumerate(results.items()):
             series = [r["curves"]["hard_solved"][arm] for r in runs if r.get("curves")]
             if not series:
                 continue
             length = min(len(s) for s in series)
             mean = [statistics.mean(s[i] for s in series) for i in range(length)]
-            line = ax.plot(range(1, length + 1), mean, label=f"{name} ({len(series)})")[0]
+            style = {
+                "color": colors[(2 * index) % 20 + (index >= 10)],
+                "linestyle": ("-", "--", ":")[index % 3],
+            }
+            label = f"{name} ({len(series)})" + (
+                f", trained at {TRAIN_BUDGET_NOTE[name]}" if name in TRAIN_BUDGET_NOTE else ""
+            )
+            line = ax.plot(range(1, length + 1), mean, label=label, **style)[0]
             if len(series) > 1:
                 low = [min(s[i] for s in series) for i in range(length)]
                 high = [max(s[i] for s in series) for i in range(length)]
                 ax.fill_between(range(1, length + 1), low, high, alpha=0.12, color=line.get_color())
-        ax.set_title(f"{arm}: train_hard solved unguided (trailing window)")
+        ax.set_title(f"{arm}: solved unguided while training", fontsize=10)
         ax.set_xlabel("learner step")
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("share of the arm's problems")
