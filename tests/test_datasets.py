@@ -414,3 +414,33 @@ def test_a_source_that_is_neither_file_nor_hf_name_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="missing.jsonl: no such file"):
         load_source(str(tmp_path / "missing.jsonl"))
+
+
+def test_hostile_rows_become_row_errors_and_the_file_goes_on(tmp_path):
+    """A duplicate key, an integer over Python's 4,300-digit limit and deep nesting are row errors
+    naming the row (and the key); before, the first two passed silently or aborted the whole file."""
+    path = tmp_path / "hostile.jsonl"
+    rows = [
+        '{"problem": "1+1?", "answer": "2"}',
+        '{"problem": "a", "answer": "1", "answer": "2"}',
+        '{"problem": "a", "answer": ' + "9" * 5000 + "}",
+        "[" * 100_000 + "]" * 100_000,
+        '{"problem": "2+2?", "answer": "4"}',
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    problems, report = validate_file(path)
+    assert [p.answer for p in problems] == ["2", "4"]
+    bad = {b.row: (b.field, b.reason) for b in report.bad_rows}
+    assert bad[2] == ("answer", "the key appears twice in the row's object")
+    assert bad[3][0] is None and "4300 digits" in bad[3][1]
+    assert bad[4] == (None, "not usable JSON (nested too deeply)")
+    assert report.rows_total == 5 and report.rows_bad == 3
+
+
+def test_the_word_run_check_is_linear_in_the_answer_length():
+    """20,000 letters with no space: no word run; the old backtracking pattern took ~26 s here."""
+    from pope.datasets import _long_word_run
+
+    assert _long_word_run("a" * 20_000) is None
+    assert _long_word_run("ab " * 10_000).startswith("ab ab ab")
+    assert _long_word_run("n must be odd") == "n must be odd" and _long_word_run("x y z") is None
