@@ -455,6 +455,17 @@ class PopeConfig(Section):
     @model_validator(mode="after")
     def _sections_agree(self) -> PopeConfig:
         engine = self.actors.engine
+        scale = self.autoscale
+        producers = max(self.actors.num_actors, scale.max_actors if scale.enabled else 0) + max(
+            self.preprocess.num_workers, scale.max_workers if scale.enabled else 0
+        )
+        in_flight = self.broker.max_groups_in_flight + producers  # each producer may add one past the bound
+        if self.broker.emergency_maxlen < 2 * in_flight:
+            raise ValueError(
+                f"broker.emergency_maxlen ({self.broker.emergency_maxlen}) must be at least twice what can be in "
+                f"flight on a stream (max_groups_in_flight {self.broker.max_groups_in_flight} + {producers} "
+                "producers): the cap would delete entries not yet processed"
+            )
         if self.actors.max_new_tokens >= engine.max_model_len:
             raise ValueError(
                 f"actors.max_new_tokens ({self.actors.max_new_tokens}) must be below "

@@ -127,3 +127,25 @@ def test_values_that_cannot_work_are_refused_naming_the_key(override, named, rea
 def test_booleans_stay_booleans_and_integral_floats_stay_accepted():
     config = load_config(None, ["broker.persistence=false", "learner.steps=3", "preprocess.claim_idle_s=1"])
     assert config.broker.persistence is False and config.learner.steps == 3
+
+
+def test_an_emergency_cap_below_what_can_be_in_flight_is_refused():
+    """emergency_maxlen deletes the oldest entries; below twice the in-flight bound it would delete
+    entries no one processed yet (issue J7)."""
+    over = ["broker.max_groups_in_flight=600", "actors.num_actors=2", "preprocess.num_workers=1"]
+    with pytest.raises(
+        ConfigError, match=r"emergency_maxlen \(1000\) must be at least twice .*600 \+ 3 producers"
+    ):
+        load_config(None, [*over, "broker.emergency_maxlen=1000"])
+    assert load_config(None, [*over, "broker.emergency_maxlen=1206"]).broker.emergency_maxlen == 1206
+    with pytest.raises(ConfigError, match="4 producers"):  # autoscale's maxima count
+        load_config(
+            None,
+            [
+                "broker.max_groups_in_flight=600",
+                "broker.emergency_maxlen=1000",
+                "autoscale.enabled=true",
+                "autoscale.max_actors=3",
+                "autoscale.max_workers=1",
+            ],
+        )
