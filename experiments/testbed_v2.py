@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -541,7 +542,7 @@ def document(
     target_ids = encoded["input_ids"] + [tokenizer.eos_token_id]
     masked: tuple[int, ...] = ()
     if kind == "short":  # the first tried key of each line: the character after its header and space
-        starts = [sum(map(len, units[:i])) for i in range(len(locks))]
+        starts = [0, *itertools.accumulate(map(len, units[: len(locks) - 1]))]
         labelled = zip(starts, LABELS[: len(locks)], locks, strict=True)
         keys = {start + len(header(label, lock)) + 1 for start, label, lock in labelled}
         masked = tuple(i for i, (begin, _) in enumerate(encoded["offset_mapping"]) if begin in keys)

@@ -157,6 +157,15 @@ def sft(base: Path, traces: list[tuple[str, str]], out_dir: Path, seed: int, epo
 # ---- training curves ----
 
 
+def sft_per_seed(base: Path, traces: dict[int, list[tuple[str, str]]], out: Path, printer) -> dict[int, Path]:
+    """One SFT checkpoint per seed from that seed's correct guided traces (the base where it has none)."""
+    models = {}
+    for seed, pairs in traces.items():
+        printer(f"SFT seed {seed}: {len(pairs)} correct guided traces")
+        models[seed] = sft(base, pairs, out / "sft" / f"seed{seed}", seed) if pairs else base
+    return models
+
+
 def curves(run_dir: Path, num_hard: int, window: int) -> dict[str, list[float]]:
     """Per step: entropy, rewards per variant, and the share of the hard set solved unguided in the
     trailing window, recomputed from each group's lineage (pope_easy's unguided copies map back to
@@ -433,10 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         # 3. SFT checkpoints for the SFT-then-RL baseline
         t = time.monotonic()
         start_models = {seed: model for seed in seeds}
-        sft_models = {}
-        for seed, pairs in traces.items():
-            log(f"SFT seed {seed}: {len(pairs)} correct guided traces")
-            sft_models[seed] = sft(model, pairs, out / "sft" / f"seed{seed}", seed) if pairs else model
+        sft_models = sft_per_seed(model, traces, out, log)
         timings["sft_s"] = time.monotonic() - t
 
         # 4. every experiment x seed, then 5. its checkpoint's evaluation

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from experiments import testbed_v2 as tb  # noqa: E402
-from scripts.reproduce import guided_traces, machine, sft  # noqa: E402  (also sets Ray's env defaults)
+from scripts.reproduce import guided_traces, machine, sft_per_seed  # noqa: E402  (also sets Ray's env defaults)
 
 METHODS = {  # configs/testbed_v2/<name>.yaml -> label: the paper's comparison
     "grpo_hard": "GRPO, hard only",
@@ -484,9 +484,9 @@ def judge(base: dict, runs: dict[str, list[dict]], g0: float | None) -> list[dic
     add("P4(e)", "POPE held-out H-shared within 0.15 of train H-shared",
         {"train H-shared": shared, "heldout H-shared": held_shared},
         None if None in (shared, held_shared) else le(abs(held_shared - shared), 0.15))  # fmt: skip
-    sft = runs.get("sft_rl", [])
-    numbers = {f"train {arm}": mean_of(sft, pass8("train_hard", arm)) for arm in ARMS}
-    numbers.update({f"heldout {arm}": mean_of(sft, pass8("heldout_hard", arm)) for arm in ARMS})
+    sft_runs = runs.get("sft_rl", [])
+    numbers = {f"train {arm}": mean_of(sft_runs, pass8("train_hard", arm)) for arm in ARMS}
+    numbers.update({f"heldout {arm}": mean_of(sft_runs, pass8("heldout_hard", arm)) for arm in ARMS})
     numbers.update({f"base train {arm}": base["train_hard"][arm]["pass@8"] for arm in ARMS})
     numbers.update({f"base heldout {arm}": base["heldout_hard"][arm]["pass@8"] for arm in ARMS})
     t_blind, h_blind = numbers["train H-blind"], numbers["heldout H-blind"]
@@ -917,10 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         g0_source = "G3 (gates.json)" if g3 else "this script's base measurement"
 
         t = time.monotonic()
-        sft_models = {}
-        for seed, pairs in traces.items():
-            log(f"SFT seed {seed}: {len(pairs)} correct guided traces")
-            sft_models[seed] = sft(model, pairs, out / "sft" / f"seed{seed}", seed) if pairs else model
+        sft_models = sft_per_seed(model, traces, out, log)
         timings["sft_s"] = time.monotonic() - t
 
         results: dict[str, list[dict]] = {name: [] for name in names}

@@ -444,33 +444,26 @@ def markdown(report: dict) -> str:
         g2 = report["G2"]
         cells = " | ".join(f"{g2[a][f'pass@{n}_zero']}/{g2[a]['problems']}" for a in tb.ARMS)
         lines.append(f"| G2 | problems with pass@{n} = 0 | {cells} | {all(g2[a]['pass'] for a in tb.ARMS)} |")
-        g3 = report["G3"]
-        cells = " | ".join(
-            f"{g3[a]['guided_success_at_i*']:.3f} (i* {g3[a]['i*_histogram']})" for a in tb.ARMS
-        )
-        lines.append(
-            f"| G3 | guided success at i* (i* histogram, 0 = none) | {cells} | {all(g3[a]['pass'] for a in tb.ARMS)} |"
-        )
-        g4 = report["G4"]
+
+        def arm_row(gate: str, measure: str, cell, verdict) -> str:
+            return f"| {gate} | {measure} | {' | '.join(cell(a) for a in tb.ARMS)} | {verdict} |"
+
+        g3, g4, g5, g6 = report["G3"], report["G4"], report["G5"], report["G6"]
+        lines.append(arm_row("G3", "guided success at i* (i* histogram, 0 = none)",
+                             lambda a: f"{g3[a]['guided_success_at_i*']:.3f} (i* {g3[a]['i*_histogram']})",
+                             all(g3[a]["pass"] for a in tb.ARMS)))  # fmt: skip
         lines.append(
             f"| G4 | chain ok {g4['chain_ok']:.4f}, decisions ok {g4['decisions_ok']:.4f}, header ok "
             f"{g4['header_ok']:.4f}, repeats {g4['repeated_tries']:.4f}, first-try max dev "
             f"{g4['first_try_max_dev']:.4f}, consistent {g4['consistent']:.4f} ({g4['answered']} answers, "
             f"{g4['tries']} tries) | | | | {g4['pass']} |"
         )
-        g5 = report["G5"]
-        cells = " | ".join(f"{g5[a]['diff_nats']:+.4f} ({g5[a]['after_oracle_top']:.3f} vs {g5[a]['after_own_top']:.3f}, "
-                           f"{g5[a]['problems']})" for a in tb.ARMS)  # fmt: skip
-        lines.append(
-            f"| G5 | identity {g5['identity']}; descent log-prob oracle - own top (nats/token) | {cells} | {g5['pass']} |"
-        )
-        g6 = report["G6"]
-        cells = " | ".join(
-            f"{g6[a]['reach_oracle_descent']:.3f} ({g6[a]['reach_small_first_descent']:.3f})" for a in tb.ARMS
-        )
-        lines.append(
-            f"| G6 | reach: top opened, budget left for the oracle (small-first) descent | {cells} | {g6['pass']} |"
-        )
+        lines.append(arm_row("G5", f"identity {g5['identity']}; descent log-prob oracle - own top (nats/token)",
+                             lambda a: f"{g5[a]['diff_nats']:+.4f} ({g5[a]['after_oracle_top']:.3f} vs "
+                                       f"{g5[a]['after_own_top']:.3f}, {g5[a]['problems']})", g5["pass"]))  # fmt: skip
+        lines.append(arm_row("G6", "reach: top opened, budget left for the oracle (small-first) descent",
+                             lambda a: f"{g6[a]['reach_oracle_descent']:.3f} ({g6[a]['reach_small_first_descent']:.3f})",
+                             g6["pass"]))  # fmt: skip
         p6 = report["P6_carry_over"]
         cells = " | ".join(
             f"{p6[a].get('own', float('nan')):.3f} vs {p6[a].get('oracle', float('nan')):.3f} ({p6[a]['states']} states)"

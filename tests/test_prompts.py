@@ -138,7 +138,9 @@ def test_mixes_are_exact_per_step(mix, quota):
 def test_problems_without_a_short_enough_prefix_are_reported_not_asked():
     from pope.problems import Problem
 
-    long_first = Problem("long", "Compute it.", "3", ("A first step that is much longer than the rest. ", "So 3."))
+    long_first = Problem(
+        "long", "Compute it.", "3", ("A first step that is much longer than the rest. ", "So 3.")
+    )
     problems = [*builtin_arithmetic(6, seed=4), long_first]
     schedule = PromptSchedule(problems, DataConfig(), 0, 4)
     assert schedule.not_guidable == [long_first]
@@ -200,7 +202,10 @@ def test_the_papers_template_puts_problem_and_partial_response_in_the_user_turn(
     unguided = render_prompt(tokenizer, PromptSpec(problem, "unguided", 0), data)
     prefix = prefix_text(problem, 1)
     assert "<|im_start|>system" not in guided and "<|im_start|>system" not in unguided
-    assert f"Problem:\n{problem.problem}\n\nPartial Response:\n{prefix}\n\nContinue solving the problem" in guided
+    assert (
+        f"Problem:\n{problem.problem}\n\nPartial Response:\n{prefix}\n\nContinue solving the problem"
+        in guided
+    )
     assert "Partial Response" not in unguided and problem.problem in unguided
     assert guided.endswith("<|im_start|>assistant\n") and "\\boxed{}" in guided
 

@@ -178,7 +178,9 @@ def test_same_weights_sft_and_carry_on_a_tiny_model(tiny_folder, tmp_path):
         PromptSpec(instance.problem, "unguided", 0),
         tb.data_config(),
     )
-    tuned = rv2.sft(tiny_folder, [(prompt, instance.problem.solution)] * 4, tmp_path / "sft", seed=0)
+    from scripts.reproduce import sft
+
+    tuned = sft(tiny_folder, [(prompt, instance.problem.solution)] * 4, tmp_path / "sft", seed=0)
     assert not rv2.same_weights(tuned, tiny_folder)
     # P6: the oracle solution as the model's "own" sample reaches the top; continuations are sampled
     p6 = rv2.carry(

@@ -79,11 +79,23 @@ def test_packed_array_is_raw_little_endian_bytes():
         Stop(reason="done"),
         ActorProgress(component="actor0", groups=4, tokens=120, policy_version=2),
         PreprocessProgress(component="preprocess0", groups=3, correct=5, wrong=18, timeout=1, error=0),
-        StepReport(step=1, loss=0.1, reward_mean=0.25, reward_mean_by_variant={"guided": 0.5},
-                   solve_rate_by_variant={"guided": 1.0}, hard_solved_unguided_fraction=0.0,
-                   tokens_trained=300, policy_lag_mean=0.5, step_s=1.0, data_wait_s=0.1,
-                   forward_backward_s=0.5, optimizer_s=0.1, broadcast_s=0.2, policy_lags=[0, 1],
-                   metrics={"entropy": 1.5}),  # fmt: skip
+        StepReport(
+            step=1,
+            loss=0.1,
+            reward_mean=0.25,
+            reward_mean_by_variant={"guided": 0.5},
+            solve_rate_by_variant={"guided": 1.0},
+            hard_solved_unguided_fraction=0.0,
+            tokens_trained=300,
+            policy_lag_mean=0.5,
+            step_s=1.0,
+            data_wait_s=0.1,
+            forward_backward_s=0.5,
+            optimizer_s=0.1,
+            broadcast_s=0.2,
+            policy_lags=[0, 1],
+            metrics={"entropy": 1.5},
+        ),  # fmt: skip
     ],
     ids=lambda m: m.kind,
 )

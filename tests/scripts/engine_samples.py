@@ -42,7 +42,8 @@ def main() -> None:
     calls = []
     for call in range(2):
         groups = engine.generate(
-            prompts[call * 4 : (call + 1) * 4], SamplingSettings(8, 32, 1.0, 1.0, seeds=tuple((call * 4 + j) * 8 for j in range(4)))
+            prompts[call * 4 : (call + 1) * 4],
+            SamplingSettings(8, 32, 1.0, 1.0, seeds=tuple((call * 4 + j) * 8 for j in range(4))),
         )
         calls.append([[s.token_ids, s.logprobs, s.finish_reason] for group in groups for s in group])
     # two copies of one prompt in one call, each request its own seed (rollout i: seed + i)
