@@ -25,7 +25,7 @@ from actors.engine import SamplingSettings
 from actors.engines import make_engine
 from broker.schemas import ActorProgress, PackedArray, Rollout, RolloutGroup
 from broker.streams import ControlChannel, PositionClaims, Producer, ProgressReporter, connect, fetch_files
-from pope.config import PopeConfig
+from pope.config import ActorSettings
 from pope.loop_calls import LoopCalls
 from pope.models.folder import ModelFolder, local_folder
 from pope.problems import Problem
@@ -48,14 +48,14 @@ class ActorStats:
 class RolloutActor:
     def __init__(
         self,
-        config: PopeConfig,
+        config: ActorSettings,
         actor_index: int,
         model_path: str | ModelFolder,
         redis_url: str | None,
         problems: list[Problem] | None = None,
         easy: list[Problem] | None = None,
     ):
-        """``model_path``: the model folder the launcher resolved. ``problems`` (and ``easy``): the
+        """``config``: the actor's sections (``PopeConfig.for_actors``). ``model_path``: the model folder the launcher resolved. ``problems`` (and ``easy``): the
         run's validated problems, loaded once by the launcher. ``redis_url`` None: a generation-only
         actor (the pool of filter-hard, find-prefixes, eval), which needs no problems."""
         self.config = config
@@ -86,7 +86,7 @@ class RolloutActor:
         if not problems:
             raise ValueError(f"{self.actor_id}: a training actor needs the run's problems")
         self.progress = ProgressReporter(
-            ControlChannel(self.client, self.run_id), self.actor_id, config.metrics.progress_interval_s
+            ControlChannel(self.client, self.run_id), self.actor_id, config.progress_interval_s
         )
         self.producer = Producer(
             self.client,
@@ -95,9 +95,7 @@ class RolloutActor:
             max_in_flight=config.broker.max_groups_in_flight,
             maxlen=config.broker.emergency_maxlen,
         )
-        self.schedule = PromptSchedule(
-            problems, config.data, config.run.seed, config.learner.groups_per_step, easy
-        )
+        self.schedule = PromptSchedule(problems, config.data, config.run.seed, config.groups_per_step, easy)
         self.claims = PositionClaims(self.client, self.run_id)
         # a restarted (or resumed) actor first asks what it had claimed and not written
         self._redo = list(self.claims.unfinished(self.actor_id))
@@ -105,6 +103,10 @@ class RolloutActor:
     def policy_version(self) -> int:
         """The weight version the engine holds."""
         return self.version
+
+    def get_tokenizer(self):
+        """The engine's tokenizer (a generation pool renders its prompts with it)."""
+        return self.tokenizer
 
     def encode(self, text: str) -> list[int]:
         """``text`` in the engine's tokens (no special tokens added)."""

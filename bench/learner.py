@@ -97,7 +97,7 @@ def _worker(out: str, warmup_steps: int, steps: int) -> None:
 
     config = load_config(str(CONFIG), OVERRIDES)
     model_path = tiny_model_path()
-    trainer = PolicyTrainer(config, model_path)
+    trainer = PolicyTrainer(config.for_learner(), model_path)
     vocab = trainer.engine.module.config.vocab_size
     groups = config.learner.groups_per_step
     prompts = actor_prompts(config, model_path, groups)

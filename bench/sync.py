@@ -82,7 +82,7 @@ def _worker(out: str, steps: int, threads: int) -> None:
     model_path = tiny_model_path()
     t_start = time.perf_counter()
     engine = make_engine(acfg.engine, model_path, config.run.seed, config.model.dtype)
-    trainer = PolicyTrainer(config, model_path)
+    trainer = PolicyTrainer(config.for_learner(), model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     verifier = Verifier(pcfg.verify_timeout_s)
     prompts = PromptSchedule(

@@ -13,7 +13,7 @@ Invariants:
   show up as ``lost`` (a lag larger than the stream's length).
 - Every group id written to the rollouts stream is also added, in the same MULTI, to the set
   ``pope:<run_id>:generated`` (the ledger), so entries that every consumer acknowledged can be
-  trimmed (``trim_acknowledged``) while the end-of-run accounting stays exact.
+  trimmed (``broker.accounting.trim_acknowledged``) while the end-of-run accounting stays exact.
 - A Redis call that fails on the connection is retried with backoff for at most
   ``reconnect_timeout_s`` (a restarted server is found again), then fails with ``RedisUnavailable``,
   which names Redis and its address; never a loop that retries forever.
@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -320,6 +321,21 @@ class Entry:
     message: Message
 
 
+# XCLAIM ... JUSTID resets an entry's idle time; claiming only where the caller is the owner keeps
+# it from taking back an entry another consumer has claimed meanwhile.
+_KEEP_FRESH = """
+local held = 0
+for i = 3, #ARGV do
+    local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+    if entry and entry[2] == ARGV[2] then
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+        held = held + 1
+    end
+end
+return held
+"""
+
+
 class Consumer:
     """Reads one stream as a member of its consumer group; bad entries go to the dead-letter stream."""
 
@@ -333,6 +349,7 @@ class Consumer:
         self.max_deliveries = max_deliveries
         self.dead_lettered = 0
         self._pending_cursor = "0-0"
+        self._keep_fresh = client.register_script(_KEEP_FRESH)
 
     def read(self, count: int, block_ms: int) -> list[Entry]:
         reply = self.client.xreadgroup(
@@ -341,24 +358,41 @@ class Consumer:
         return self._decode_entries(reply[0][1] if reply else [])
 
     def read_own_pending(self, count: int) -> list[Entry]:
-        """Entries delivered to this consumer name and never acknowledged (a restarted consumer's)."""
-        reply = self.client.xreadgroup(
-            self.group, self.consumer, {self.key: self._pending_cursor}, count=count
-        )
-        raw = reply[0][1] if reply else []
-        if raw:  # pending entries stay pending until acknowledged: move past the ones handed out
+        """Entries delivered to this consumer name and never acknowledged (a restarted consumer's:
+        Ray restarts reuse the name). Reading them again is a delivery, so ``max_deliveries`` holds
+        here too: a poison entry that kills its worker is set aside, not retried until the run fails."""
+        while True:  # until an entry to hand out, or none left (a batch may be all set aside)
+            reply = self.client.xreadgroup(
+                self.group, self.consumer, {self.key: self._pending_cursor}, count=count
+            )
+            raw = reply[0][1] if reply else []
+            if not raw:
+                return []
+            # pending entries stay pending until acknowledged: move past the ones handed out
             self._pending_cursor = _s(raw[-1][0])
-        return self._decode_entries(raw)
+            entries = self._decode_entries(self._within_delivery_limit(raw))
+            if entries:
+                return entries
 
     def claim_stale(self, min_idle_ms: int, count: int) -> list[Entry]:
-        """Take over entries another consumer read but did not acknowledge within ``min_idle_ms``.
-
-        An entry delivered ``max_deliveries`` times without being acknowledged (it crashed or hung
-        every consumer that took it) is dead-lettered with that reason instead of retried."""
+        """Take over entries another consumer read but did not acknowledge within ``min_idle_ms``
+        (a holder that works on its entries keeps them fresh: ``keep_fresh``)."""
         reply = self.client.xautoclaim(self.key, self.group, self.consumer, min_idle_ms, "0-0", count=count)
-        claimed = reply[1]
+        return self._decode_entries(self._within_delivery_limit(reply[1]))
+
+    def keep_fresh(self, entry_ids: list[str]) -> int:
+        """Reset the idle time of those of ``entry_ids`` this consumer still holds (XCLAIM JUSTID to
+        itself, only where it is the owner, atomically), so no other consumer claims entries it is
+        working on; returns how many it holds. Does not count as a delivery."""
+        if not entry_ids:
+            return 0
+        return int(self._keep_fresh(keys=[self.key], args=[self.group, self.consumer, *entry_ids]))
+
+    def _within_delivery_limit(self, raw_entries: list) -> list:
+        """``raw_entries`` less those delivered more than ``max_deliveries`` times without being
+        acknowledged (they crashed or hung every consumer that took them): dead-lettered with that reason."""
         keep = []
-        for raw_id, fields in claimed:
+        for raw_id, fields in raw_entries:
             entry_id = _s(raw_id)
             info = self.client.xpending_range(self.key, self.group, entry_id, entry_id, 1)
             deliveries = int(info[0]["times_delivered"]) if info else 1
@@ -367,7 +401,7 @@ class Consumer:
                 self.dead_letter(entry_id, fields.get(FIELD, b""), reason)
             else:
                 keep.append((raw_id, fields))
-        return self._decode_entries(keep)
+        return keep
 
     def ack(self, entry_ids: list[str]) -> None:
         if entry_ids:
@@ -427,60 +461,6 @@ class ControlChannel:
         return messages
 
 
-def read_all(client: redis.Redis, run_id: str, stream: str) -> list[tuple[str, Message]]:
-    """Every decodable entry of a stream, oldest first (for accounting at the end of a run)."""
-    out = []
-    for raw_id, fields in client.xrange(stream_key(run_id, stream)):
-        try:
-            out.append((_s(raw_id), decode(fields[FIELD])))
-        except DecodeError:
-            continue  # counted by the consumer that dead-letters it
-    return out
-
-
-def generated_ids(client: redis.Redis, run_id: str) -> set[str]:
-    """Every group id ever written to the rollouts stream (the ledger; trimming does not touch it)."""
-    return {_s(m) for m in client.sscan_iter(ledger_key(run_id), count=10_000)}
-
-
-def _next_id(entry_id: str) -> str:
-    ms, seq = entry_id.split("-")
-    return f"{ms}-{int(seq) + 1}"
-
-
-def trim_acknowledged(client: redis.Redis, run_id: str, stream: str) -> int:
-    """Delete the entries of ``stream`` its consumer group has acknowledged; returns how many.
-
-    Kept: every entry at or after the oldest pending one, and every entry after the group's
-    last-delivered id (never delivered). Everything older was delivered and acknowledged, so
-    XTRIM MINID removes exactly that. The group only moves forward, so a bound computed a moment
-    ago is conservative. Entries trimmed this way are not ``lost``: the group had read them."""
-    key = stream_key(run_id, stream)
-    group = GROUPS[stream]
-    info = next((g for g in client.xinfo_groups(key) if _s(g["name"]) == group), None)
-    if info is None:
-        return 0
-    keep_from = _next_id(_s(info["last-delivered-id"]))
-    summary = client.xpending(key, group)
-    if summary and summary.get("pending"):
-        oldest_pending = _s(summary["min"])
-        if tuple(map(int, oldest_pending.split("-"))) < tuple(map(int, keep_from.split("-"))):
-            keep_from = oldest_pending
-    if keep_from == "0-1":
-        return 0
-    return int(client.xtrim(key, minid=keep_from, approximate=False))
-
-
-def unacked_ids(client: redis.Redis, run_id: str, stream: str) -> set[str]:
-    """Entry ids the stream's group has not acknowledged: pending ones and never-delivered ones."""
-    key = stream_key(run_id, stream)
-    group = GROUPS[stream]
-    info = next(g for g in client.xinfo_groups(key) if _s(g["name"]) == group)
-    ids = {_s(e["message_id"]) for e in client.xpending_range(key, group, "-", "+", count=1_000_000)}
-    ids |= {_s(raw_id) for raw_id, _ in client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+")}
-    return ids
-
-
 class ProgressReporter:
     """A component's heartbeat and counters on the control stream, at most every ``interval_s``."""
 
@@ -497,3 +477,34 @@ class ProgressReporter:
         if force or now - self._last >= self.interval_s:
             self._last = now
             self.control.publish(message(self.component))
+
+
+class KeepAlive:
+    """A thread that calls ``beats`` every ``interval_s`` while a component's loop works or waits
+    (backpressure, a slow batch, a weight load): liveness apart from progress. A frozen or dead
+    process stops beating, so the launcher's heartbeat deadline and the claim of its entries by
+    another consumer still find it; a beat that fails (Redis away) is retried at the next one."""
+
+    def __init__(self, name: str, interval_s: float, beats: list[Callable[[], object]]):
+        self.interval_s = interval_s
+        self.beats = beats
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"keepalive-{name}", daemon=True)
+
+    def start(self) -> KeepAlive:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            for beat in self.beats:
+                try:
+                    beat()
+                except redis.RedisError:
+                    self.failures += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s + 5)

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from learner.loss import (
     token_entropy,
     token_logprobs,
 )
+from pope.config import LearnerSettings
 
 
 def pack_groups(groups: list[ScoredGroup], pad_id: int):
@@ -127,8 +129,28 @@ def step_temperature(groups: list[ScoredGroup]) -> float:
     return temperatures.pop()
 
 
+SUMS = ("loss", "clip_low", "clip_high", "ratio", "entropy", "kl", "abs_logprob_diff", "tokens", "padded")
+
+
+@dataclass
+class StepBatch:
+    """A step's sequences, padded on the right; ``rows``: this rank's, longest first."""
+
+    input_ids: torch.Tensor
+    attention: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    behaviour: torch.Tensor
+    advantages: torch.Tensor
+    lengths: torch.Tensor
+    rows: torch.Tensor
+    norm: StepNorm
+    temperature: float
+
+
 class PolicyTrainer:
-    def __init__(self, config, model_path: str):
+    def __init__(self, config: LearnerSettings, model_path: str):
+        """``config``: the learner's sections (``PopeConfig.for_learner``)."""
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.integrations import HfDeepSpeedConfig
@@ -139,7 +161,7 @@ class PolicyTrainer:
         torch.manual_seed(config.run.seed)
         init_distributed()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.sequences_per_step = self.cfg.groups_per_step * config.actors.num_rollouts
+        self.sequences_per_step = self.cfg.groups_per_step * config.num_rollouts
         self.ds_config = ds_config(self.cfg, self.sequences_per_step, self.world_size)
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         # ZeRO-3 must see the config before the model is built (HF then partitions on load)
@@ -191,9 +213,47 @@ class PolicyTrainer:
         return float(t.item())
 
     def train_step(self, groups: list[ScoredGroup]) -> dict[str, float]:
-        cfg = self.cfg
-        temperature = step_temperature(groups)
-        advantages_by_group = normalize_batch_advantages(groups, cfg.advantage_batch_norm)
+        """One optimizer step on ``groups``: forward/backward per micro-batch, then one update (or
+        none, when a loss was not finite); returns the step's metrics."""
+        batch = self._batch(groups)
+        sums = dict.fromkeys(SUMS, 0.0)
+        ratios: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        nonfinite = False
+        start = time.monotonic()
+        self.engine.train()
+        for k in range(self.grad_accum):
+            nonfinite |= self._micro_step(batch, k, sums, ratios, masks)
+            if k < self.grad_accum - 1:
+                self.engine.step()  # DeepSpeed only updates at the accumulation boundary
+        forward_backward_s = time.monotonic() - start
+        start = time.monotonic()
+        nonfinite = self._all_reduce_sum(float(nonfinite)) > 0
+        grad_norm = self._update(nonfinite)
+        optimizer_s = time.monotonic() - start
+        totals = {key: self._all_reduce_sum(value) for key, value in sums.items()}
+        tokens = max(totals["tokens"], 1.0)
+        return {
+            "nonfinite": float(nonfinite),
+            "loss": totals["loss"],
+            "clip_frac_low": totals["clip_low"] / tokens,
+            "clip_frac_high": totals["clip_high"] / tokens,
+            "ratio_mean": totals["ratio"] / tokens,
+            "effective_sample_size": effective_sample_size(torch.cat(ratios), torch.cat(masks)),
+            "entropy": totals["entropy"] / tokens,
+            "kl": totals["kl"] / tokens,
+            "logprob_abs_diff_vs_behaviour": totals["abs_logprob_diff"] / tokens,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_trained": totals["tokens"],
+            "sequence_tokens": float(batch.attention.sum()),  # prompt + completion, the step's whole batch
+            "padded_tokens": totals["padded"],  # what the forward passes saw
+            "forward_backward_s": forward_backward_s,
+            "optimizer_s": optimizer_s,
+        }
+
+    def _batch(self, groups: list[ScoredGroup]) -> StepBatch:
+        """The step's groups as padded tensors, with the loss normaliser and this rank's rows."""
+        advantages_by_group = normalize_batch_advantages(groups, self.cfg.advantage_batch_norm)
         groups = [
             g.model_copy(update={"advantages": a}) for g, a in zip(groups, advantages_by_group, strict=True)
         ]
@@ -206,105 +266,78 @@ class PolicyTrainer:
             constant=float(len(input_ids)) * max(g.group.max_new_tokens for g in groups),
         )
         # longest first, so each micro-batch holds sequences of similar length and is cut to its own
-        # longest one below (exact: padding is on the right, and masked out)
+        # longest one (exact: padding is on the right, and masked out)
         lengths = attention.sum(dim=1)
         order = torch.argsort(lengths, descending=True, stable=True)
-        rows = order[self.rank :: self.world_size]
-        padded_tokens = 0
-        aggregate = AGGREGATIONS[cfg.loss_aggregation]
-        scale = self.grad_accum * self.world_size  # DeepSpeed divides by both
-        sums = dict.fromkeys(
-            ["loss", "clip_low", "clip_high", "ratio", "entropy", "kl", "abs_logprob_diff", "tokens"], 0.0
-        )
-        is_weights, is_masks = [], []
-        nonfinite = False
-        start = time.monotonic()
-        self.engine.train()
+        return StepBatch(
+            input_ids, attention, targets, mask, behaviour, advantages, lengths,
+            rows=order[self.rank :: self.world_size], norm=norm, temperature=step_temperature(groups),
+        )  # fmt: skip
+
+    def _micro_step(self, batch: StepBatch, k: int, sums: dict, ratios: list, masks: list) -> bool:
+        """Forward and backward of micro-batch ``k`` (its sums added to ``sums``); True when its loss
+        was not finite (then no backward: the other micro-batches' gradients stay finite)."""
+        cfg, temperature = self.cfg, batch.temperature
         mb = cfg.micro_batch_size
-        for k in range(self.grad_accum):
-            idx = rows[k * mb : (k + 1) * mb]
-            filler = len(idx) == 0
-            if filler:
-                idx = rows[:1]  # keep ranks in lock-step; a zero mask adds nothing
-            width = int(lengths[idx].max())
-            m = torch.zeros_like(mask[idx, : width - 1]) if filler else mask[idx, : width - 1]
-            ids, att = input_ids[idx, :width], attention[idx, :width]
-            tgt, beh, adv = (
-                targets[idx, : width - 1],
-                behaviour[idx, : width - 1],
-                advantages[idx, : width - 1],
-            )
-            padded_tokens += ids.numel()
-            logits = self.engine(input_ids=ids, attention_mask=att).logits[:, :-1]
-            logp = token_logprobs(logits, tgt, temperature)
-            entropy = token_entropy(logits, temperature)
-            logp_ref = None
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref_logits = self.reference(input_ids=ids, attention_mask=att).logits[:, :-1]
-                    logp_ref = token_logprobs(ref_logits, tgt, temperature)
-            if cfg.importance == "tis":
-                logp_old = logp.detach()
-                is_weight = torch.clamp(torch.exp(logp_old - beh), max=cfg.tis_cap)
-            else:
-                logp_old, is_weight = beh, None
-            terms = clipped_surrogate(
-                logp, logp_old, adv, m, cfg.eps_low, cfg.eps_high,
-                dual_clip=cfg.dual_clip, is_weight=is_weight, entropy=entropy, entropy_coef=cfg.entropy_coef,
-                logp_ref=logp_ref, kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
-            )  # fmt: skip
-            loss = aggregate(terms.per_token, m, norm)
-            if torch.isfinite(loss):
-                self.engine.backward(loss * scale)
-            else:
-                nonfinite = True  # no backward: the gradients of the other micro-batches stay finite
+        idx = batch.rows[k * mb : (k + 1) * mb]
+        filler = len(idx) == 0
+        if filler:
+            idx = batch.rows[:1]  # keep ranks in lock-step; a zero mask adds nothing
+        width = int(batch.lengths[idx].max())
+        m = torch.zeros_like(batch.mask[idx, : width - 1]) if filler else batch.mask[idx, : width - 1]
+        ids, att = batch.input_ids[idx, :width], batch.attention[idx, :width]
+        tgt = batch.targets[idx, : width - 1]
+        beh, adv = batch.behaviour[idx, : width - 1], batch.advantages[idx, : width - 1]
+        logits = self.engine(input_ids=ids, attention_mask=att).logits[:, :-1]
+        logp = token_logprobs(logits, tgt, temperature)
+        entropy = token_entropy(logits, temperature)
+        logp_ref = None
+        if self.reference is not None:
             with torch.no_grad():
-                sums["loss"] += float(loss)
-                sums["clip_low"] += float(terms.clipped_low.sum())
-                sums["clip_high"] += float(terms.clipped_high.sum())
-                sums["ratio"] += float(torch.exp(logp.detach() - beh).mul(m).sum())
-                sums["entropy"] += float((entropy * m).sum())
-                sums["abs_logprob_diff"] += float(((logp.detach() - beh).abs() * m).sum())
-                sums["tokens"] += float(m.sum())
-                if terms.kl is not None:
-                    sums["kl"] += float((terms.kl.detach() * m).sum())
-                is_weights.append(torch.exp(logp.detach() - beh).reshape(-1))
-                is_masks.append(m.reshape(-1))
-            if k < self.grad_accum - 1:
-                self.engine.step()  # DeepSpeed only updates at the accumulation boundary
-        forward_backward_s = time.monotonic() - start
-        start = time.monotonic()
-        nonfinite = self._all_reduce_sum(float(nonfinite)) > 0
-        grad_norm = None
+                ref_logits = self.reference(input_ids=ids, attention_mask=att).logits[:, :-1]
+                logp_ref = token_logprobs(ref_logits, tgt, temperature)
+        if cfg.importance == "tis":
+            logp_old = logp.detach()
+            is_weight = torch.clamp(torch.exp(logp_old - beh), max=cfg.tis_cap)
+        else:
+            logp_old, is_weight = beh, None
+        terms = clipped_surrogate(
+            logp, logp_old, adv, m, cfg.eps_low, cfg.eps_high,
+            dual_clip=cfg.dual_clip, is_weight=is_weight, entropy=entropy, entropy_coef=cfg.entropy_coef,
+            logp_ref=logp_ref, kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
+        )  # fmt: skip
+        loss = AGGREGATIONS[cfg.loss_aggregation](terms.per_token, m, batch.norm)
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            self.engine.backward(loss * self.grad_accum * self.world_size)  # DeepSpeed divides by both
+        with torch.no_grad():
+            ratio = torch.exp(logp.detach() - beh)
+            sums["loss"] += float(loss)
+            sums["clip_low"] += float(terms.clipped_low.sum())
+            sums["clip_high"] += float(terms.clipped_high.sum())
+            sums["ratio"] += float(ratio.mul(m).sum())
+            sums["entropy"] += float((entropy * m).sum())
+            sums["abs_logprob_diff"] += float(((logp.detach() - beh).abs() * m).sum())
+            sums["tokens"] += float(m.sum())
+            sums["padded"] += float(ids.numel())
+            if terms.kl is not None:
+                sums["kl"] += float((terms.kl.detach() * m).sum())
+            ratios.append(ratio.reshape(-1))
+            masks.append(m.reshape(-1))
+        return not finite
+
+    def _update(self, nonfinite: bool) -> float | None:
+        """Close the accumulation boundary: the optimizer step, or a step that changes nothing when
+        a micro-batch's loss was not finite. Returns the gradient norm (None when skipped)."""
         if nonfinite:
             self._skip_update()
-        else:
-            if self.cfg.zero_stage == 0:  # DeepSpeed records the norm only in its ZeRO optimizers
-                grad_norm = self._grad_norm()
-            self.engine.step()
-            self.step_count += 1
-            if grad_norm is None:
-                grad_norm = self.engine.get_global_grad_norm()
-        optimizer_s = time.monotonic() - start
-        totals = {key: self._all_reduce_sum(value) for key, value in sums.items()}
-        tokens = max(totals["tokens"], 1.0)
-        return {
-            "nonfinite": float(nonfinite),
-            "loss": totals["loss"],
-            "clip_frac_low": totals["clip_low"] / tokens,
-            "clip_frac_high": totals["clip_high"] / tokens,
-            "ratio_mean": totals["ratio"] / tokens,
-            "effective_sample_size": effective_sample_size(torch.cat(is_weights), torch.cat(is_masks)),
-            "entropy": totals["entropy"] / tokens,
-            "kl": totals["kl"] / tokens,
-            "logprob_abs_diff_vs_behaviour": totals["abs_logprob_diff"] / tokens,
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "tokens_trained": totals["tokens"],
-            "sequence_tokens": float(attention.sum()),  # prompt + completion, the step's whole batch
-            "padded_tokens": self._all_reduce_sum(float(padded_tokens)),  # what the forward passes saw
-            "forward_backward_s": forward_backward_s,
-            "optimizer_s": optimizer_s,
-        }
+            return None
+        grad_norm = None
+        if self.cfg.zero_stage == 0:  # DeepSpeed records the norm only in its ZeRO optimizers
+            grad_norm = self._grad_norm()
+        self.engine.step()
+        self.step_count += 1
+        return self.engine.get_global_grad_norm() if grad_norm is None else grad_norm
 
     def _grad_norm(self) -> float:
         """The L2 norm of the (already all-reduced) gradients before clipping, in float64."""

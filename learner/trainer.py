@@ -22,6 +22,7 @@ from broker.streams import Consumer, ControlChannel, connect, fetch_files
 from learner.mix import StepMix
 from learner.policy import PolicyTrainer
 from learner.weights import WeightPublisher
+from pope.config import LearnerSettings
 from pope.loop_calls import LoopCalls
 from pope.models.folder import ModelFolder, local_folder
 from pope.prompts import variant_quota
@@ -64,7 +65,7 @@ def metrics_lines_held(text: str, step: int) -> tuple[list[str], int]:
 class Learner:
     def __init__(
         self,
-        config,
+        config: LearnerSettings,
         model_path: str | ModelFolder,
         redis_url: str,
         run_dir: str,

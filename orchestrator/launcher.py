@@ -24,21 +24,10 @@ import os
 import time
 from contextlib import ExitStack
 
+from broker.accounting import StreamUpkeep, account_groups
 from broker.embedded import EmbeddedRedis
-from broker.schemas import Progress, RolloutGroup, ScaleRequest, ScoredGroup, StepReport
-from broker.streams import (
-    ControlChannel,
-    connect,
-    ensure_groups,
-    generated_ids,
-    read_all,
-    redacted,
-    stage_files,
-    stream_health,
-    stream_key,
-    trim_acknowledged,
-    unacked_ids,
-)
+from broker.schemas import Progress, ScaleRequest, StepReport
+from broker.streams import ControlChannel, connect, ensure_groups, redacted, stage_files
 from orchestrator.autoscale import LagAutoscaler
 from orchestrator.metrics import RunMetrics
 from orchestrator.models import resolve_model_path
@@ -55,26 +44,17 @@ class ComponentFailed(RuntimeError):
     """A component of the run died; the message names it."""
 
 
-class _RedisUpkeep:
-    """The launcher's side of Redis: fail naming Redis when its supervisor gave up, and trim what
-    every consumer group acknowledged (``broker.trim_every_s``), counting it."""
+class _RedisUpkeep(StreamUpkeep):
+    """The launcher's side of Redis: the streams' upkeep, and failing with Redis named when its
+    supervisor gave up."""
 
     def __init__(self, server: EmbeddedRedis | None, client, run_id: str, trim_every_s: float, url: str):
-        self.server, self.client, self.run_id, self.url = server, client, run_id, url
-        self.trim_every_s = trim_every_s
-        self.trimmed = {"rollouts": 0, "train": 0}
-        self._last_trim = time.monotonic()
+        super().__init__(client, run_id, trim_every_s)
+        self.server, self.url = server, url
 
     def check(self) -> None:
         if self.server is not None and self.server.failure:
             raise ComponentFailed(f"Redis ({redacted(self.url)}) is gone: {self.server.failure}")
-
-    def trim(self, force: bool = False) -> None:
-        if not self.trim_every_s or (not force and time.monotonic() - self._last_trim < self.trim_every_s):
-            return
-        self._last_trim = time.monotonic()
-        for stream in self.trimmed:
-            self.trimmed[stream] += trim_acknowledged(self.client, self.run_id, stream)
 
     def summary(self) -> dict:
         return {
@@ -205,7 +185,6 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
     with ExitStack() as stack:
         redis_url, client, upkeep, control, metrics = _open_broker(stack, config, run_dir, printer)
         schedule, easy, model_path = _resolve_inputs(config, printer)
-        problems = schedule.hard + schedule.not_guidable
         printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
         # staged before Ray starts: under ray job submit, joining the cluster may unpack the job's working
         # directory again, and a built-in model built inside it is gone (other nodes fetch the staged copy)
@@ -220,18 +199,8 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         stack.callback(_kill_all, pools.all_handles)
         _write_connection(run_dir, run_id, redis_url)
 
-        acfg, lcfg = config.actors, config.learner
-        pools.actors = [pools.new_actor() for _ in range(acfg.num_actors)]
-        pools.workers = [pools.new_worker() for _ in range(config.preprocess.num_workers)]
-        learner = pools.new_learner(str(run_dir), len(schedule.hard))
-        names = {m.handle.__ray_ready__.remote(): m.name for m in pools.actors + pools.workers}
-        names[learner.__ray_ready__.remote()] = "learner"
-        _wait_all(names, "starting")
-
-        for m in pools.actors + pools.workers:
-            pools.record_node(m.name, m.handle)
-        pools.record_node("learner", learner)
-
+        lcfg = config.learner
+        learner = _start_members(pools, config, run_dir, len(schedule.hard))
         if resume:
             step = ray.get(learner.resume.remote())
             printer(f"resumed from the checkpoint of step {step}")
@@ -257,12 +226,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         wall["train_loop_s"] = time.monotonic() - t_loop
 
         actors = [m.handle for m in pools.actors]
-        for m in pools.actors + pools.workers:
-            m.handle.stop.remote()
-        stop_refs = pools.loop_refs()
-        stats = dict(pools.finished_stats)
-        stats.update(zip(stop_refs.values(), _wait_all(stop_refs, "stopping"), strict=True))
-
+        stats = _stop_loops(pools)
         # Every actor now holds the final weights: check it on the same fixed prompt.
         probe_diffs = _probe(pools, learner, probe_prompt)
         actor_versions = ray.get([a.policy_version.remote() for a in actors])
@@ -277,12 +241,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
             client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint
         )
         summary.update(upkeep.summary())
-        summary["pool_sizes"] = pools.sizes
-        summary["problems"] = len(problems)
-        summary["problems_not_guidable"] = [p.problem_id for p in schedule.not_guidable]
-        summary["step_mix"] = schedule.quota
-        summary["weight_sync_initial_max_abs_logprob_diff"] = initial_probe_diffs
-        summary["placement"] = pools.placement  # every member the run had, resized ones included
+        summary.update(_run_facts(pools, schedule, initial_probe_diffs))
         if metrics is not None:
             for report in control.poll():
                 metrics.observe(report)
@@ -296,6 +255,41 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         summary["run_dir"] = str(run_dir)
         return summary
+
+
+def _start_members(pools: Pools, config: PopeConfig, run_dir, num_hard: int):
+    """The actors, workers and learner of the config, up and placed; returns the learner."""
+    pools.actors = [pools.new_actor() for _ in range(config.actors.num_actors)]
+    pools.workers = [pools.new_worker() for _ in range(config.preprocess.num_workers)]
+    learner = pools.new_learner(str(run_dir), num_hard)
+    names = {m.handle.__ray_ready__.remote(): m.name for m in pools.actors + pools.workers}
+    names[learner.__ray_ready__.remote()] = "learner"
+    _wait_all(names, "starting")
+    for m in pools.actors + pools.workers:
+        pools.record_node(m.name, m.handle)
+    pools.record_node("learner", learner)
+    return learner
+
+
+def _stop_loops(pools: Pools) -> dict:
+    """Stop every actor's and worker's loop; their stats by name (members resized away included)."""
+    for m in pools.actors + pools.workers:
+        m.handle.stop.remote()
+    stop_refs = pools.loop_refs()
+    stats = dict(pools.finished_stats)
+    stats.update(zip(stop_refs.values(), _wait_all(stop_refs, "stopping"), strict=True))
+    return stats
+
+
+def _run_facts(pools: Pools, schedule: PromptSchedule, initial_probe_diffs: list[float]) -> dict:
+    return {
+        "pool_sizes": pools.sizes,
+        "problems": len(schedule.hard) + len(schedule.not_guidable),
+        "problems_not_guidable": [p.problem_id for p in schedule.not_guidable],
+        "step_mix": schedule.quota,
+        "weight_sync_initial_max_abs_logprob_diff": initial_probe_diffs,
+        "placement": pools.placement,  # every member the run had, resized ones included
+    }
 
 
 def _probe(pools, learner, prompt: list[int]) -> list[float]:
@@ -317,13 +311,6 @@ def _write_connection(run_dir, run_id: str, redis_url: str) -> None:
     path.touch(mode=0o600)
     os.chmod(path, 0o600)
     path.write_text(json.dumps({"run_id": run_id, "redis_url": redis_url}))
-
-
-def _waiting(client, run_id: str) -> tuple[int, int]:
-    """Groups waiting to be trained, and of those the unscored: rollouts lag + pending, plus scored
-    but unread (train lag); trained entries pending until the next checkpoint are not waiting."""
-    unscored = stream_health(client, run_id, "rollouts").in_flight
-    return unscored + stream_health(client, run_id, "train").lag, unscored
 
 
 def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer, upkeep) -> None:
@@ -349,7 +336,7 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
             if metrics is not None:
                 metrics.refresh(pools.sizes)
             if scaler is not None:  # one buffer sample a second; a decision when a window is full
-                scaler.observe(time.monotonic(), *_waiting(client, run_id))
+                scaler.observe(time.monotonic(), *upkeep.waiting())
                 decision = scaler.decide(time.monotonic(), len(pools.actors), len(pools.workers))
                 if decision is not None:
                     resized = pools.resize(decision.pool, decision.size, _wait_all)
@@ -361,7 +348,7 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
             if isinstance(message, Progress):
                 heard[message.component] = time.monotonic()
             elif isinstance(message, StepReport):
-                printer(_progress(message, steps, t_loop, _waiting(client, run_id)[0]))
+                printer(_progress(message, steps, t_loop, upkeep.waiting()[0]))
             elif isinstance(message, ScaleRequest):
                 printer(
                     f"scale {message.pool} to {message.size}: "
@@ -429,32 +416,11 @@ def _kill_all(handles: list) -> None:
 
 
 def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_diffs, checkpoint) -> dict:
-    """Count every group by id: generated, trained (and twice), in flight at stop, lost.
-
-    Generated: the ledger of group ids written to the rollouts stream (acknowledged entries are
-    trimmed, the ledger is not), with what the actors' own stats say they wrote (a group Redis lost
-    after its XADD was acknowledged would show up there, then count as lost)."""
-    generated: set[str] = generated_ids(client, run_id)
-    generated |= {
-        msg.group_id for _, msg in read_all(client, run_id, "rollouts") if isinstance(msg, RolloutGroup)
-    }
-    for name, stat in stats.items():
-        if name.startswith("actor"):
-            generated |= set(stat.group_ids)
+    """The run's summary: where every group ended (``broker.accounting``), and what it cost."""
+    written = {gid for name, stat in stats.items() if name.startswith("actor") for gid in stat.group_ids}
     trained = learner_result["trained_group_ids"]
-    trained_set = set(trained)
-    in_flight = set()
-    unacked_rollouts = unacked_ids(client, run_id, "rollouts")
-    for entry_id, msg in read_all(client, run_id, "rollouts"):
-        if entry_id in unacked_rollouts and isinstance(msg, RolloutGroup):
-            in_flight.add(msg.group_id)
-    unacked_train = unacked_ids(client, run_id, "train")
-    for entry_id, msg in read_all(client, run_id, "train"):
-        if entry_id in unacked_train and isinstance(msg, ScoredGroup):
-            in_flight.add(msg.group.group_id)
-    skipped = {gid for ids in learner_result["skipped_group_ids"].values() for gid in ids}
-    in_flight -= trained_set | skipped
-    lost = set(generated) - trained_set - skipped - in_flight
+    book = account_groups(client, run_id, trained, learner_result["skipped_group_ids"], written)
+    counts = book.counts()
 
     actor_stats = [s for n, s in stats.items() if n.startswith("actor")]
     pre_stats = [s for n, s in stats.items() if n.startswith("preprocess")]
@@ -475,17 +441,18 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         learner_optimizer_s=learner_result["optimizer_s"],
         learner_broadcast_s=learner_result["broadcast_s"],
     )
-    dead = client.xlen(stream_key(run_id, "dead"))
     return {
         "run_id": run_id,
         "steps": learner_result["steps"],
-        "groups_generated": len(generated),
-        "groups_trained": len(trained_set),
-        "groups_duplicated": len(trained) - len(trained_set),
-        "groups_lost": len(lost),
-        "groups_in_flight_at_stop": len(in_flight),
+        "groups_generated": len(book.generated),
+        "groups_trained": counts["trained"],
+        "groups_duplicated": book.trained_copies,
+        "groups_lost": counts["lost"],
+        "groups_in_flight_at_stop": counts["in_flight"],
         "groups_skipped": {reason: len(ids) for reason, ids in learner_result["skipped_group_ids"].items()},
-        "groups_dead_lettered": dead,
+        "groups_dead_lettered": counts["dead_lettered"],
+        "group_outcomes": counts,
+        "dead_letters": {"by_reason": book.letters, "without_group_id": book.letters_without_group},
         "learner_version": learner_result["learner_version"],
         "actor_versions": actor_versions,
         "completions_generated": completions,
@@ -497,8 +464,9 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         "weight_sync_max_abs_logprob_diff": probe_diffs,
         "checkpoint": checkpoint,
         "trained_group_ids": sorted(trained),
-        "in_flight_group_ids": sorted(in_flight),
-        "lost_group_ids": sorted(lost),
+        "in_flight_group_ids": book.ids("in_flight"),
+        "lost_group_ids": book.ids("lost"),
+        "dead_lettered_group_ids": book.by_reason("dead_lettered"),
         "skipped_group_ids": {
             reason: sorted(ids) for reason, ids in learner_result["skipped_group_ids"].items()
         },

@@ -34,11 +34,11 @@ class GenerationPool(AbstractContextManager):
                 resources=acfg.resources or None,
                 runtime_env={"env_vars": _process_env(self.config, acfg.torch_threads)},
             )
-            .remote(self.config, i, model_path, None)
+            .remote(self.config.for_actors(), i, model_path, None)
             for i in range(acfg.num_actors)
         ]
         ray.get([a.__ray_ready__.remote() for a in self.actors])
-        self.tokenizer = ray.get(self.actors[0].__ray_call__.remote(lambda self: self.tokenizer))
+        self.tokenizer = ray.get(self.actors[0].get_tokenizer.remote())
         workers = max(1, self.config.preprocess.num_workers)
         self.verifiers = [Verifier(self.config.preprocess.verify_timeout_s) for _ in range(workers)]
         self._seed_offset = 0  # rollout i of a request samples with seed + i: requests never overlap

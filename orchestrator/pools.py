@@ -77,7 +77,14 @@ class Pools:
         handle = (
             ray.remote(RolloutActor)
             .options(**opts)
-            .remote(self.config, self._next_actor, self.model, self.redis_url, self.problems, self.easy)
+            .remote(
+                self.config.for_actors(),
+                self._next_actor,
+                self.model,
+                self.redis_url,
+                self.problems,
+                self.easy,
+            )
         )
         self._next_actor += 1
         self.all_handles.append(handle)
@@ -95,7 +102,7 @@ class Pools:
         handle = (
             ray.remote(PreprocessWorker)
             .options(**opts)
-            .remote(self.config, self._next_worker, self.redis_url)
+            .remote(self.config.for_preprocess(), self._next_worker, self.redis_url)
         )
         self._next_worker += 1
         self.all_handles.append(handle)
@@ -112,7 +119,9 @@ class Pools:
         self.learner = (
             ray.remote(Learner)
             .options(**opts)
-            .remote(self.config, self.model, self.redis_url, run_dir, handles, num_hard_problems)
+            .remote(
+                self.config.for_learner(), self.model, self.redis_url, run_dir, handles, num_hard_problems
+            )
         )
         self.all_handles.append(self.learner)
         return self.learner

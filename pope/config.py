@@ -1,7 +1,8 @@
 """Configuration: one root model composed of each component's section.
 
 Every field is documented and bounded; unknown keys are rejected. Each component receives only
-its own section. Files are YAML; the command line adds dotted overrides (``learner.lr=1e-5``).
+its own sections (``PopeConfig.for_actors`` / ``for_preprocess`` / ``for_learner``), not the whole
+config. Files are YAML; the command line adds dotted overrides (``learner.lr=1e-5``).
 
 This module imports no heavy library (no torch, ray, vllm or deepspeed): a test checks it.
 """
@@ -501,12 +502,75 @@ class PopeConfig(Section):
             )
         return self
 
+    def for_actors(self) -> ActorSettings:
+        return ActorSettings(
+            run=self.run,
+            model=self.model,
+            data=self.data,
+            actors=self.actors,
+            broker=self.broker,
+            groups_per_step=self.learner.groups_per_step,
+            progress_interval_s=self.metrics.progress_interval_s,
+        )
+
+    def for_preprocess(self) -> PreprocessSettings:
+        return PreprocessSettings(
+            run=self.run,
+            broker=self.broker,
+            preprocess=self.preprocess,
+            progress_interval_s=self.metrics.progress_interval_s,
+        )
+
+    def for_learner(self) -> LearnerSettings:
+        return LearnerSettings(
+            run=self.run,
+            model=self.model,
+            data=self.data,
+            broker=self.broker,
+            learner=self.learner,
+            num_rollouts=self.actors.num_rollouts,
+        )
+
     def with_run_id(self) -> PopeConfig:
         """A copy whose run id is set (generated from the time and random bits when unset)."""
         if self.run.run_id:
             return self
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         return self.model_copy(update={"run": self.run.model_copy(update={"run_id": run_id})})
+
+
+class ActorSettings(Section):
+    """What a rollout actor is built from: its sections, and the one learner value the prompt
+    schedule shares (a step's groups)."""
+
+    run: RunConfig
+    model: ModelConfig
+    data: DataConfig
+    actors: ActorsConfig
+    broker: BrokerConfig
+    groups_per_step: int = Field(ge=1)
+    progress_interval_s: float = Field(gt=0)
+
+
+class PreprocessSettings(Section):
+    """What a preprocess worker is built from."""
+
+    run: RunConfig
+    broker: BrokerConfig
+    preprocess: PreprocessConfig
+    progress_interval_s: float = Field(gt=0)
+
+
+class LearnerSettings(Section):
+    """What the learner is built from: its sections, the data mix its step quota follows, and the
+    group size G (sequences per step = groups_per_step x G)."""
+
+    run: RunConfig
+    model: ModelConfig
+    data: DataConfig
+    broker: BrokerConfig
+    learner: LearnerConfig
+    num_rollouts: int = Field(ge=1)
 
 
 class ConfigError(ValueError):

@@ -1,7 +1,7 @@
 """Moving weights from the learner to the actors over a process group of their own.
 
 The group is separate from DeepSpeed's default group: rank 0 is the learner (it hosts the
-TCPStore), ranks 1..N are the actors' engine processes. gloo on CPU, NCCL on GPU.
+TCPStore), ranks 1..N are the actors' engine processes. gloo, through host memory, on CPU and GPU alike.
 
 A broadcast sends tensors in buckets: tensors of one dtype are packed into a flat buffer of at
 most ``bucket_bytes`` and sent with one collective, so a small model costs a few calls, not one
@@ -38,19 +38,15 @@ def meta_of(named: Iterable[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
     return [TensorMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named]
 
 
-def make_group(host: str, port: int, rank: int, world_size: int, timeout_s: float, backend: str = "gloo"):
-    """A process group that does not touch torch.distributed's default group."""
+def make_group(host: str, port: int, rank: int, world_size: int, timeout_s: float):
+    """A gloo process group that does not touch torch.distributed's default group. Weights go over
+    gloo through host memory on every machine, GPUs included (no NCCL transfer yet)."""
     timeout = timedelta(seconds=timeout_s)
     store = dist.TCPStore(
         host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=False
     )
     prefixed = dist.PrefixStore("pope-weights", store)
-    if backend == "gloo":
-        group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
-    elif backend == "nccl":  # GPU path; not exercised on the CPU test machines
-        group = dist.ProcessGroupNCCL(prefixed, rank, world_size)
-    else:
-        raise ValueError(f"weight-sync backend {backend!r}: use 'gloo' (CPU) or 'nccl' (GPU)")
+    group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
     return group, store  # the store must outlive the group on the master
 
 

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from broker.schemas import PreprocessProgress, RolloutGroup, ScoredGroup, encode
-from broker.streams import Consumer, ControlChannel, Producer, ProgressReporter, connect
+from broker.streams import Consumer, ControlChannel, KeepAlive, Producer, ProgressReporter, connect
+from pope.config import PreprocessSettings
 from preprocess.advantages import group_advantages
 from preprocess.scoring import Verifier
 
@@ -33,7 +34,8 @@ class PreprocessStats:
 
 
 class PreprocessWorker:
-    def __init__(self, config, worker_index: int, redis_url: str):
+    def __init__(self, config: PreprocessSettings, worker_index: int, redis_url: str):
+        """``config``: the worker's sections (``PopeConfig.for_preprocess``)."""
         self.config = config
         self.run_id = config.run.run_id
         self.worker_id = f"preprocess{worker_index}"
@@ -54,13 +56,21 @@ class PreprocessWorker:
             count_pending=False,  # the learner holds trained entries pending until its next checkpoint
         )
         self.progress = ProgressReporter(
-            ControlChannel(self.client, self.run_id), self.worker_id, config.metrics.progress_interval_s
+            ControlChannel(self.client, self.run_id), self.worker_id, config.progress_interval_s
         )
         self.verifier = Verifier(config.preprocess.verify_timeout_s)
         self.stats = PreprocessStats()
         self._stop = threading.Event()
         self._own_pending_done = False  # a restarted worker first finishes what it had read
         self.claim_idle_ms = int(config.preprocess.claim_idle_s * 1000)
+        self._held: set[str] = set()  # entries read and not yet acknowledged: kept fresh while worked on
+        self._held_lock = threading.Lock()
+        # beats at least four times per claim_idle_s, so a working worker's entries are never claimed
+        self.keepalive = KeepAlive(
+            self.worker_id,
+            min(config.progress_interval_s, config.preprocess.claim_idle_s / 4),
+            [self._keep_held_fresh, lambda: self._report_progress(force=True)],
+        )
 
     def score_group(self, group: RolloutGroup) -> ScoredGroup:
         start = time.monotonic()
@@ -88,6 +98,20 @@ class PreprocessWorker:
         self.stats.claimed += len(entries)
         if not entries:
             entries = self.consumer.read(count, self.config.broker.block_ms)
+        with self._held_lock:
+            self._held = {e.entry_id for e in entries}
+        try:
+            return self._process(entries)
+        finally:
+            with self._held_lock:
+                self._held = set()
+
+    def _keep_held_fresh(self) -> None:
+        with self._held_lock:
+            held = sorted(self._held)
+        self.consumer.keep_fresh(held)
+
+    def _process(self, entries: list) -> int:
         done = []
         for entry in entries:
             if not isinstance(entry.message, RolloutGroup):
@@ -114,9 +138,13 @@ class PreprocessWorker:
         return len(done)
 
     def run(self) -> PreprocessStats:
-        while not self._stop.is_set():
-            self.process_once()
-            self._report_progress()
+        self.keepalive.start()
+        try:
+            while not self._stop.is_set():
+                self.process_once()
+                self._report_progress()
+        finally:
+            self.keepalive.stop()
         self._report_progress(force=True)
         return self.stats
 

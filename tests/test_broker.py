@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from broker.accounting import generated_ids, read_all, trim_acknowledged, unacked_ids
 from broker.schemas import Stop, WeightsPublished
 from broker.streams import (
     FIELD,
@@ -15,13 +16,10 @@ from broker.streams import (
     RedisUnavailable,
     connect,
     ensure_groups,
-    generated_ids,
     sampler_key,
     sampler_position,
     stream_health,
     stream_key,
-    trim_acknowledged,
-    unacked_ids,
 )
 from tests.test_schemas import make_group
 
@@ -292,3 +290,90 @@ def test_supervised_embedded_redis_comes_back_with_its_state(tmp_path):
             connect(server.url, reconnect_timeout_s=1.0).ping()
     finally:
         server.stop()
+
+
+def test_every_group_ends_in_exactly_one_outcome(redis_client, run_id):
+    """The end-of-run books: eight groups written, each placed by hand below; a trained id that
+    also went to the dead letters (scored twice) is trained; a copy trained twice is counted apart;
+    a group the actors wrote that Redis no longer has is lost."""
+    from broker.accounting import account_groups
+    from broker.schemas import ScoredGroup
+
+    producer = Producer(redis_client, run_id, "rollouts", None, 100_000)
+    ids = [producer.put(make_group(f"actor0-{i}")) for i in range(7)]
+    consumer = Consumer(redis_client, run_id, "rollouts", "w0")
+    consumer.read(count=6, block_ms=100)  # 0..5 delivered, 6 never: in flight
+    consumer.ack(ids[:3])  # 0, 1, 2 scored
+    consumer.dead_letter(ids[3], redis_client.xrange(stream_key(run_id, "rollouts"), ids[3], ids[3])[0][1][FIELD],
+                         "poison")  # fmt: skip
+    consumer.dead_letter(ids[0], b"not a message", "undecodable entry: test")  # names no group
+    train = Producer(redis_client, run_id, "train", None, 100_000)
+    scored = ScoredGroup(group=make_group("actor0-4"), rewards=[1.0, 0.0], advantages=[0.5, -0.5],
+                         verdicts=["correct", "wrong"], worker_id="w0")  # fmt: skip
+    train.put(scored)  # 4: scored, not read by the learner: in flight; 5 stays pending on rollouts
+    book = account_groups(
+        redis_client,
+        run_id,
+        trained=["actor0-0", "actor0-1", "actor0-1"],
+        skipped={"zero_variance": ["actor0-2"], "duplicate": ["actor0-1"]},
+        written_by_actors={"actor0-7"},  # acknowledged by Redis, then gone
+    )
+    assert book.outcome == {
+        "actor0-0": "trained",
+        "actor0-1": "trained",
+        "actor0-2": "skipped",
+        "actor0-3": "dead_lettered",
+        "actor0-4": "in_flight",
+        "actor0-5": "in_flight",
+        "actor0-6": "in_flight",
+        "actor0-7": "lost",
+    }
+    assert book.counts() == {"trained": 2, "skipped": 1, "in_flight": 3, "dead_lettered": 1, "lost": 1}
+    assert sum(book.counts().values()) == len(book.generated) == 8
+    assert book.by_reason("dead_lettered") == {"poison": ["actor0-3"]}
+    assert book.reasons["actor0-2"] == "zero_variance"
+    assert book.trained_copies == 1
+    assert book.letters == {"poison": 1, "undecodable entry: test": 1} and book.letters_without_group == 1
+
+
+def test_a_restarted_consumer_applies_the_delivery_limit_to_its_own_pending(redis_client, run_id):
+    """A poison entry that kills its worker every time: the restarted worker (same consumer name)
+    reads it from its own pending entries; past max_deliveries it is dead-lettered, not retried."""
+    producer = Producer(redis_client, run_id, "rollouts", None, 100_000)
+    poison = producer.put(make_group("actor0-0"))
+    healthy = producer.put(make_group("actor0-1"))
+    assert [e.entry_id for e in Consumer(redis_client, run_id, "rollouts", "w0").read(1, 100)] == [poison]
+    restarted = Consumer(redis_client, run_id, "rollouts", "w0", max_deliveries=2)
+    assert [e.entry_id for e in restarted.read_own_pending(10)] == [poison]  # delivery 2: kept
+    again = Consumer(redis_client, run_id, "rollouts", "w0", max_deliveries=2)
+    assert again.read_own_pending(10) == []  # delivery 3 > 2: set aside
+    assert again.dead_lettered == 1
+    assert [e.entry_id for e in again.read(10, 100)] == [healthy]
+    (letter,) = [m for _, m in read_all(redis_client, run_id, "dead")]
+    assert letter.entry_id == poison and "delivered 2 times" in letter.reason
+
+
+def test_keep_fresh_holds_only_what_the_consumer_owns(redis_client, run_id):
+    import time
+
+    producer = Producer(redis_client, run_id, "rollouts", None, 100_000)
+    ids = [producer.put(make_group(f"actor0-{i}")) for i in range(2)]
+    holder = Consumer(redis_client, run_id, "rollouts", "w0")
+    holder.read(2, 100)
+    time.sleep(0.3)
+    assert holder.keep_fresh(ids) == 2
+    thief = Consumer(redis_client, run_id, "rollouts", "w1")
+    assert thief.claim_stale(250, 10) == []  # just refreshed
+    time.sleep(0.3)
+    assert [e.entry_id for e in thief.claim_stale(250, 10)] == ids
+    assert holder.keep_fresh(ids) == 0  # w1 owns them now: not taken back
+    owners = {
+        e["consumer"]
+        for e in redis_client.xpending_range(stream_key(run_id, "rollouts"), "preprocess", "-", "+", 10)
+    }
+    assert owners == {b"w1"}
+    deliveries = [
+        e["times_delivered"]
+        for e in redis_client.xpending_range(stream_key(run_id, "rollouts"), "preprocess", "-", "+", 10)
+    ]
+    assert deliveries == [2, 2]  # keep_fresh is not a delivery

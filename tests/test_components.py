@@ -5,13 +5,15 @@ streams that join them. A change to one component is checked here in seconds, wi
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter
 
 import pytest
 
+from broker.accounting import read_all, unacked_ids
 from broker.schemas import PackedArray, Rollout, RolloutGroup, ScoredGroup
-from broker.streams import Producer, ensure_groups, read_all, unacked_ids
+from broker.streams import Producer, ensure_groups
 from pope.config import load_config
 from pope.datasets import run_problems
 
@@ -40,8 +42,8 @@ def test_actors_claim_positions_and_a_restarted_actor_asks_what_it_had_not_writt
 
     ensure_groups(redis_client, config.run.run_id)
     problems = run_problems(config.data, config.run.seed)
-    first = RolloutActor(config, 0, tiny_model_path, redis_server.url, problems)
-    second = RolloutActor(config, 1, tiny_model_path, redis_server.url, problems)
+    first = RolloutActor(config.for_actors(), 0, tiny_model_path, redis_server.url, problems)
+    second = RolloutActor(config.for_actors(), 1, tiny_model_path, redis_server.url, problems)
     a, b = first.generate_once(), second.generate_once()
     assert [g.position for g in a] == [0, 1, 2, 3] and [g.position for g in b] == [4, 5, 6, 7]
     assert Counter(g.variant for g in a) == {"unguided": 2, "guided": 2}  # one exact block each
@@ -51,7 +53,7 @@ def test_actors_claim_positions_and_a_restarted_actor_asks_what_it_had_not_writt
     again = first.generate_once()  # positions 8..11; only two of them reach the stream
     _put_all(first, again[:2])
     first.close()
-    restarted = RolloutActor(config, 0, tiny_model_path, redis_server.url, problems)
+    restarted = RolloutActor(config.for_actors(), 0, tiny_model_path, redis_server.url, problems)
     redone = restarted.generate_once()
     assert [g.position for g in redone] == [10, 11]  # the two it claimed and did not write, alone
     _put_all(restarted, redone)
@@ -84,7 +86,7 @@ def test_preprocess_worker_scores_and_publishes(config, redis_server, redis_clie
     rollouts = Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=None)
     texts = ["so $\\boxed{7}$", "it is $\\boxed{8}$", "no answer", "$\\boxed{7}$ again"]
     rollouts.put(_group(run_id, "g0", "unguided", texts))
-    worker = PreprocessWorker(config, 0, redis_server.url)
+    worker = PreprocessWorker(config.for_preprocess(), 0, redis_server.url)
     try:
         assert worker.process_once() == 1
     finally:
@@ -125,7 +127,9 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     train.put(ScoredGroup(group=_group(run_id, "u0", "unguided", ["x", "y"]), rewards=[0.0, 0.0],
                           advantages=[0.0, 0.0], verdicts=["wrong", "wrong"], worker_id="w"))  # fmt: skip
     run_dir = config.run.output_dir / run_id
-    learner = Learner(config, tiny_model_path, redis_server.url, str(run_dir), [], num_hard_problems=64)
+    learner = Learner(
+        config.for_learner(), tiny_model_path, redis_server.url, str(run_dir), [], num_hard_problems=64
+    )
     try:
         result = learner.run(1)
     finally:
@@ -202,3 +206,47 @@ def test_resume_keeps_the_metrics_lines_its_checkpoint_holds_and_drops_a_torn_la
     assert metrics_lines_held("", 3) == ([], 0)
     with pytest.raises(ValueError, match="line 2 is corrupt"):
         metrics_lines_held(lines[0] + "\n{not json\n" + lines[2] + "\n", 3)
+
+
+def test_a_waiting_worker_keeps_its_entries_and_a_frozen_one_loses_them(config, redis_server, redis_client):
+    """A worker that read groups and waits on backpressure longer than claim_idle_s keeps them fresh
+    (another worker claims none); once it stops beating (frozen, dead), they are claimed."""
+    import threading
+
+    from broker.streams import Consumer
+    from preprocess.worker import PreprocessWorker
+
+    run_id = config.run.run_id
+    ensure_groups(redis_client, run_id)
+    settings = config.for_preprocess().model_copy(
+        update={"preprocess": config.preprocess.model_copy(update={"claim_idle_s": 1.0})}
+    )
+    train = Producer(redis_client, run_id, "train", max_in_flight=None, maxlen=None)
+    scored = ScoredGroup(group=_group(run_id, "full", "unguided", ["a", "b"]), rewards=[1.0, 0.0],
+                         advantages=[0.5, -0.5], verdicts=["correct", "wrong"], worker_id="t")  # fmt: skip
+    for _ in range(config.broker.max_groups_in_flight):  # the learner reads nothing: no room downstream
+        train.put(scored)
+    rollouts = Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=None)
+    for i in range(2):
+        rollouts.put(_group(run_id, f"g{i}", "unguided", ["$\\boxed{7}$", "8"]))
+    worker = PreprocessWorker(settings, 0, redis_server.url)
+    loop = threading.Thread(target=worker.run)
+    loop.start()
+    other = Consumer(redis_client, run_id, "rollouts", "preprocess1")
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            len(unacked_ids(redis_client, run_id, "rollouts"))
+            and not redis_client.xpending(f"pope:{run_id}:rollouts", "preprocess")["pending"]
+        ):
+            assert time.monotonic() < deadline, "the worker read nothing"
+            time.sleep(0.05)
+        time.sleep(2.5)  # 2.5 x claim_idle_s in the backpressure wait
+        assert other.claim_stale(1000, 10) == []
+        worker.keepalive.stop()  # as if frozen: no more beats
+        time.sleep(1.5)
+        assert sorted(e.message.group_id for e in other.claim_stale(1000, 10)) == ["g0", "g1"]
+    finally:
+        worker.stop()
+        loop.join(timeout=30)
+        worker.close()

@@ -149,3 +149,25 @@ def test_an_emergency_cap_below_what_can_be_in_flight_is_refused():
                 "autoscale.max_workers=1",
             ],
         )
+
+
+@pytest.mark.unit
+def test_each_component_gets_its_sections_and_the_values_it_shares():
+    config = load_config(
+        None, ["learner.groups_per_step=3", "metrics.progress_interval_s=2.5", "actors.num_rollouts=4"]
+    )
+    actors, workers, learner = config.for_actors(), config.for_preprocess(), config.for_learner()
+    assert set(type(actors).model_fields) == {
+        "run",
+        "model",
+        "data",
+        "actors",
+        "broker",
+        "groups_per_step",
+        "progress_interval_s",
+    }
+    assert set(type(workers).model_fields) == {"run", "broker", "preprocess", "progress_interval_s"}
+    assert set(type(learner).model_fields) == {"run", "model", "data", "broker", "learner", "num_rollouts"}
+    assert (actors.groups_per_step, actors.progress_interval_s, actors.actors) == (3, 2.5, config.actors)
+    assert (workers.progress_interval_s, workers.preprocess) == (2.5, config.preprocess)
+    assert (learner.num_rollouts, learner.learner) == (4, config.learner)

@@ -123,3 +123,22 @@ def test_the_rules_catch_a_violation(tmp_path):
     assert {"orchestrator.launcher", "orchestrator.launcher.train", "ray"} <= _imports(floor)
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _names(path: Path) -> set[str]:
+    """Every name ``path`` imports from a module (``from m import X`` gives X)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+
+
+def test_components_get_their_own_sections_not_the_whole_config():
+    """Actors, workers and the learner are built from ``PopeConfig.for_*`` (their sections), so no
+    component module takes the root config."""
+    wrong = [
+        str(p.relative_to(ROOT))
+        for pkg in ("actors", "preprocess", "learner")
+        for p in (ROOT / pkg).rglob("*.py")
+        if "PopeConfig" in _names(p)
+    ]
+    assert not wrong, "components that take the whole PopeConfig: " + ", ".join(sorted(wrong))
+    assert "PopeConfig" in _names(ROOT / "orchestrator" / "launcher.py")  # the check reads real imports

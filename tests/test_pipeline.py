@@ -107,8 +107,8 @@ def test_pipeline_vllm(tmp_path, redis_server, redis_client):
     # rewards came from math-verify: re-verify every trained rollout with math_verify directly
     from math_verify import parse, verify
 
+    from broker.accounting import read_all
     from broker.schemas import ScoredGroup
-    from broker.streams import read_all
 
     trained = set(summary["trained_group_ids"])
     checked = correct = 0

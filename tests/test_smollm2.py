@@ -121,8 +121,8 @@ def test_smollm2_pipeline(smollm2_path, tmp_path, redis_server, redis_client):
     pytest.importorskip("vllm")
     from math_verify import parse, verify
 
+    from broker.accounting import read_all
     from broker.schemas import ScoredGroup
-    from broker.streams import read_all
     from orchestrator.launcher import train
 
     overrides = [

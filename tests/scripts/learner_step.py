@@ -66,7 +66,7 @@ def main() -> None:
         f"learner.zero_stage={args.zero}", "learner.groups_per_step=2", "actors.num_rollouts=4",
         "learner.micro_batch_size=2", "learner.lr=0.01", "run.seed=0", *args.overrides,
     ])  # fmt: skip
-    trainer = PolicyTrainer(config, args.model)
+    trainer = PolicyTrainer(config.for_learner(), args.model)
     vocab = trainer.engine.module.config.vocab_size
     batch_a, batch_b = fixed_batch(1, 2, 4, vocab), fixed_batch(2, 2, 4, vocab)
     losses = []
