@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from actors.engine import SamplingSettings
 from actors.engines import make_engine
 from broker.schemas import ActorProgress, PackedArray, Rollout, RolloutGroup
-from broker.streams import ControlChannel, PositionClaims, Producer, ProgressReporter, connect, fetch_files
+from broker.streams import (
+    ControlChannel,
+    KeepAlive,
+    PositionClaims,
+    Producer,
+    ProgressReporter,
+    connect,
+    fetch_files,
+)
 from pope.config import ActorSettings
 from pope.loop_calls import LoopCalls
 from pope.models.folder import ModelFolder, local_folder
@@ -97,6 +105,11 @@ class RolloutActor:
         )
         self.schedule = PromptSchedule(problems, config.data, config.run.seed, config.groups_per_step, easy)
         self.claims = PositionClaims(self.client, self.run_id)
+        # liveness from a thread: an engine call, a weight load or a backpressure wait longer than
+        # the launcher's heartbeat deadline is not a hang
+        self.keepalive = KeepAlive(
+            self.actor_id, config.progress_interval_s, [lambda: self._report_progress(force=True)]
+        )
         # a restarted (or resumed) actor first asks what it had claimed and not written
         self._redo = list(self.claims.unfinished(self.actor_id))
 
@@ -206,6 +219,7 @@ class RolloutActor:
     def run(self) -> ActorStats:
         """Generate until stopped; weights load between engine calls."""
         self.calls.running = True
+        self.keepalive.start()
         try:
             while not self._stop.is_set():
                 self.calls.serve()
@@ -222,6 +236,7 @@ class RolloutActor:
                     self.stats.group_ids.append(group.group_id)
                 self._report_progress()
         finally:
+            self.keepalive.stop()
             self.calls.running = False
             self.calls.serve()
             self._report_progress(force=True)

@@ -250,3 +250,44 @@ def test_a_waiting_worker_keeps_its_entries_and_a_frozen_one_loses_them(config, 
         worker.stop()
         loop.join(timeout=30)
         worker.close()
+
+
+def test_an_actor_beats_while_one_engine_call_lasts_longer_than_its_interval(
+    config, redis_server, redis_client, tiny_model_path
+):
+    """Liveness is apart from progress: during a 3 s engine call (the real engine behind a delay, as
+    a long generation would be) the actor still reports every progress_interval_s (0.5 s here)."""
+    import threading
+
+    from actors.actor import RolloutActor
+    from broker.schemas import ActorProgress, decode
+    from broker.streams import FIELD, ControlChannel
+
+    ensure_groups(redis_client, config.run.run_id)
+    problems = run_problems(config.data, config.run.seed)
+    settings = config.for_actors().model_copy(update={"progress_interval_s": 0.5})
+    actor = RolloutActor(settings, 0, tiny_model_path, redis_server.url, problems)
+    real_generate, window = actor.engine.generate, []
+
+    def slow_generate(*args, **kwargs):
+        window.append(time.time())
+        time.sleep(3.0)
+        out = real_generate(*args, **kwargs)
+        window.append(time.time())
+        actor.stop()  # one call is enough
+        return out
+
+    actor.engine.generate = slow_generate
+    control = ControlChannel(redis_client, config.run.run_id)
+    loop = threading.Thread(target=actor.run)
+    loop.start()
+    loop.join(timeout=120)
+    actor.close()
+    assert not loop.is_alive() and len(window) == 2
+    beats = [
+        int(entry_id.decode().split("-")[0]) / 1000
+        for entry_id, fields in redis_client.xrange(control.key)
+        if isinstance(decode(fields[FIELD]), ActorProgress)
+    ]
+    during = [t for t in beats if window[0] + 0.2 < t < window[0] + 3.0]
+    assert len(during) >= 4, (window, beats)  # every 0.5 s of the 3 s call, less the edges
