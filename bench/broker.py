@@ -9,6 +9,11 @@ Two phases per size T:
 - concurrent: groups/s and MB/s (encoded bytes) from the producer's start to the last ack;
 - sequential, one thread, one group at a time: the mean cost in ms of put, read and ack, whose
   sum is ``per_group_ms``.
+
+And the cost of one backpressure poll (``stream_health``, every 50 ms per waiting producer) with
+paper-shaped groups in flight (8 rollouts x 16k tokens, logprobs and text; 256 groups, 32 with
+--quick): the counters ``stream_health`` reads now, against counting the undelivered entries with
+XRANGE as it did before (which moves every payload in flight to the client).
 """
 
 from __future__ import annotations
@@ -120,6 +125,49 @@ def _sequential(url: str, completion_tokens: int, num_groups: int) -> dict:
     return {"put_ms": 1e3 * put_s / n, "read_ms": 1e3 * read_s / n, "ack_ms": 1e3 * ack_s / n}
 
 
+def _health_by_reading(client, run_id: str) -> int:
+    """The previous poll: the undelivered entries counted by reading them (payloads included)."""
+    from broker.streams import _s, stream_key
+
+    key = stream_key(run_id, "rollouts")
+    info = next(g for g in client.xinfo_groups(key) if _s(g["name"]) == "preprocess")
+    return len(client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+"))
+
+
+def poll_cost(url: str, in_flight: int, completion_tokens: int = 16_384) -> dict:
+    """Milliseconds per backpressure poll with ``in_flight`` groups waiting, before and after."""
+    from broker.streams import Producer, connect, ensure_groups, stream_health
+
+    run_id = f"bench-poll{in_flight}"
+    client = connect(url)
+    ensure_groups(client, run_id)
+    producer = Producer(client, run_id, "rollouts", max_in_flight=None, maxlen=None)
+    group_bytes = 0
+    for i in range(in_flight):
+        group = make_group(run_id, i, completion_tokens)
+        group_bytes = len(encode(group))
+        producer.put(group)
+    assert stream_health(client, run_id, "rollouts").lag == _health_by_reading(client, run_id) == in_flight
+
+    def per_call_ms(fn, calls: int) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return 1e3 * (time.perf_counter() - start) / calls
+
+    counters_ms = per_call_ms(lambda: stream_health(client, run_id, "rollouts"), 200)
+    reading_ms = per_call_ms(lambda: _health_by_reading(client, run_id), 3)
+    client.delete(f"pope:{run_id}:rollouts")
+    client.close()
+    return {
+        "in_flight_groups": in_flight,
+        "group_bytes": group_bytes,
+        "bytes_in_flight": in_flight * group_bytes,
+        "poll_ms": counters_ms,
+        "poll_ms_reading_entries": reading_ms,
+    }
+
+
 def run(quick: bool = False) -> dict:
     from broker.embedded import EmbeddedRedis
 
@@ -141,6 +189,7 @@ def run(quick: bool = False) -> dict:
                 **sequential,
                 "per_group_ms": sequential["put_ms"] + sequential["read_ms"] + sequential["ack_ms"],
             }
+        results["poll"] = [poll_cost(server.url, n) for n in ((8, 32) if quick else (32, 256))]
     return results
 
 

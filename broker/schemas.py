@@ -11,17 +11,24 @@ from typing import Annotated, Literal
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION = (
     2  # 2: RolloutGroup.position, pair, seed, temperature, max_new_tokens; typed progress, step reports
 )
 
 _DTYPES = {"int32": "<i4", "int64": "<i8", "float32": "<f4", "float64": "<f8"}
+_ITEMSIZE = {name: np.dtype(code).itemsize for name, code in _DTYPES.items()}
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataMessage(Message):
+    """A message that carries training data: no NaN or infinity in any of its numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PackedArray(Message):
@@ -35,14 +42,20 @@ class PackedArray(Message):
         array = np.ascontiguousarray(np.asarray(values, dtype=_DTYPES[dtype]).reshape(-1))
         return cls(dtype=dtype, data=array.tobytes())
 
+    @model_validator(mode="after")
+    def _whole_items(self) -> PackedArray:
+        if len(self.data) % _ITEMSIZE[self.dtype]:
+            raise ValueError(f"{len(self.data)} bytes are not a whole number of {self.dtype} items")
+        return self
+
     def numpy(self) -> np.ndarray:
         return np.frombuffer(self.data, dtype=_DTYPES[self.dtype])
 
     def __len__(self) -> int:
-        return len(self.data) // np.dtype(_DTYPES[self.dtype]).itemsize
+        return len(self.data) // _ITEMSIZE[self.dtype]
 
 
-class Rollout(Message):
+class Rollout(DataMessage):
     completion_ids: PackedArray = Field(description="Sampled tokens, int32, shape [T].")
     behaviour_logprobs: PackedArray = Field(
         description="float32 [T]: log-probability of each sampled token under the sampling policy."
@@ -51,7 +64,7 @@ class Rollout(Message):
     finish_reason: str = Field(description="'stop' (end token) or 'length' (budget reached).")
 
 
-class RolloutGroup(Message):
+class RolloutGroup(DataMessage):
     """One prompt's G rollouts, as an actor produced them."""
 
     kind: Literal["rollout_group"] = "rollout_group"
@@ -72,7 +85,7 @@ class RolloutGroup(Message):
     prefix_tokens: int = Field(0, ge=0, description="Tokens of those steps.")
     answer: str = Field(description="Gold answer, as the dataset writes it.")
     prompt_ids: PackedArray = Field(description="Prompt tokens, int32, shape [P]; chat template included.")
-    rollouts: list[Rollout]
+    rollouts: list[Rollout] = Field(min_length=1)
     temperature: float = Field(gt=0, description="Sampling temperature: the learner's logprobs use the same.")
     max_new_tokens: int = Field(
         ge=1, description="The completion budget the rollouts were sampled under, tokens."
@@ -85,8 +98,31 @@ class RolloutGroup(Message):
     sampled_at: float = Field(description="Unix time the group was written.")
     generate_s: float = Field(ge=0, description="Engine wall time of the call that sampled this group, s.")
 
+    @model_validator(mode="after")
+    def _one_logprob_per_token(self) -> RolloutGroup:
+        """Per rollout: integer token ids, one behaviour logprob each, every logprob finite and <= 0
+        (checked over the whole group at once: decoding is on the broker's hot path)."""
+        for i, r in enumerate(self.rollouts):
+            if r.completion_ids.dtype not in ("int32", "int64"):
+                raise ValueError(
+                    f"rollout {i}: completion_ids are integer token ids, not {r.completion_ids.dtype}"
+                )
+            if len(r.behaviour_logprobs) != len(r.completion_ids):
+                raise ValueError(
+                    f"rollout {i}: {len(r.behaviour_logprobs)} behaviour logprobs for {len(r.completion_ids)} tokens"
+                )
+        for dtype in {r.behaviour_logprobs.dtype for r in self.rollouts}:
+            data = b"".join(
+                r.behaviour_logprobs.data for r in self.rollouts if r.behaviour_logprobs.dtype == dtype
+            )
+            logprobs = np.frombuffer(data, dtype=_DTYPES[dtype])
+            # one pass: NaN fails every comparison; -inf is caught by the finite sum
+            if logprobs.size and not (logprobs.max() <= 1e-3 and np.isfinite(logprobs.sum())):
+                raise ValueError("behaviour_logprobs: every one finite and <= 0")
+        return self
 
-class ScoredGroup(Message):
+
+class ScoredGroup(DataMessage):
     """A rollout group with rewards and advantages: the learner's unit of data."""
 
     kind: Literal["scored_group"] = "scored_group"
@@ -96,6 +132,19 @@ class ScoredGroup(Message):
     advantages: list[float] = Field(description="One advantage per rollout, shared by all its tokens.")
     verdicts: list[Literal["correct", "wrong", "timeout", "error"]]
     worker_id: str
+
+    @model_validator(mode="after")
+    def _one_score_per_rollout(self) -> ScoredGroup:
+        n = len(self.group.rollouts)
+        counts = {
+            "rewards": len(self.rewards),
+            "advantages": len(self.advantages),
+            "verdicts": len(self.verdicts),
+        }
+        wrong = {name: count for name, count in counts.items() if count != n}
+        if wrong:
+            raise ValueError(f"{n} rollouts but {wrong}")
+        return self
 
 
 class WeightsPublished(Message):
@@ -215,7 +264,11 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(message.model_dump(mode="python"), use_bin_type=True)
 
 
-def decode(payload: bytes) -> Message:
+def decode(payload: bytes, max_bytes: int | None = None) -> Message:
+    """The message in ``payload``, validated (each field, and the fields against each other); a
+    payload over ``max_bytes`` is refused before it is unpacked."""
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise DecodeError(f"{len(payload)} bytes, over the {max_bytes}-byte cap (broker.max_message_bytes)")
     try:
         tree = msgpack.unpackb(payload, raw=False)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:

@@ -9,8 +9,8 @@ Invariants:
 - A consumer acknowledges an entry only after its output is written downstream, so an entry is
   either acknowledged (done) or still pending/undelivered (in flight); never silently gone.
 - Backpressure is the producer waiting while the consumer group's lag plus its pending entries
-  reach ``max_in_flight``. MAXLEN is only an emergency cap; entries it trims before they were read
-  show up as ``lost`` (a lag larger than the stream's length).
+  reach ``max_in_flight``. ``maxlen`` is only an emergency cap; the entries it trims before they were
+  acknowledged are counted (``cap_key``) and show up as ``lost``.
 - Every group id written to the rollouts stream is also added, in the same MULTI, to the set
   ``pope:<run_id>:generated`` (the ledger), so entries that every consumer acknowledged can be
   trimmed (``broker.accounting.trim_acknowledged``) while the end-of-run accounting stays exact.
@@ -48,6 +48,54 @@ def stream_key(run_id: str, stream: str) -> str:
 def ledger_key(run_id: str) -> str:
     """The set of every group id written to the rollouts stream (exact, survives trimming)."""
     return f"pope:{run_id}:generated"
+
+
+def cap_key(run_id: str, stream: str) -> str:
+    """Hash of what the emergency cap removed from ``stream`` before its group acknowledged it:
+    ``undelivered`` (never read) and ``pending`` (read, not acknowledged). Both are lost."""
+    return f"{stream_key(run_id, stream)}:capped"
+
+
+# The emergency cap (broker.emergency_maxlen), applied after an XADD that took the stream past it:
+# trim the oldest entries to the cap and count those the group had not acknowledged. Only the
+# server sees the removed entries; nothing crosses the network but two numbers.
+_CAP = """
+local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
+if excess <= 0 then return {0, 0} end
+local victims = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
+local last_victim = victims[#victims][1]
+local last_delivered = '0-0'
+local function field(reply, name)
+    for i = 1, #reply, 2 do
+        if reply[i] == name then return reply[i + 1] end
+    end
+end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    if field(g, 'name') == ARGV[2] then last_delivered = field(g, 'last-delivered-id') end
+end
+local function after(a, b)
+    local am, as = string.match(a, '(%d+)-(%d+)')
+    local bm, bs = string.match(b, '(%d+)-(%d+)')
+    am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+    return am > bm or (am == bm and as > bs)
+end
+local undelivered = 0
+for _, v in ipairs(victims) do
+    if after(v[1], last_delivered) then undelivered = undelivered + 1 end
+end
+-- from the first victim on: entries trimmed earlier stay in the pending list until acknowledged
+local pending = #redis.call('XPENDING', KEYS[1], ARGV[2], victims[1][1], last_victim, excess)
+redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
+-- the removed entries will never be read: count them as read, so the group's lag stays exact
+if undelivered > 0 then
+    local left = #redis.call('XRANGE', KEYS[1], '(' .. last_delivered, '+')
+    local added = field(redis.call('XINFO', 'STREAM', KEYS[1]), 'entries-added')
+    redis.call('XGROUP', 'SETID', KEYS[1], ARGV[2], last_delivered, 'ENTRIESREAD', added - left)
+end
+redis.call('HINCRBY', KEYS[2], 'undelivered', undelivered)
+redis.call('HINCRBY', KEYS[2], 'pending', pending)
+return {undelivered, pending}
+"""
 
 
 def sampler_key(run_id: str) -> str:
@@ -121,6 +169,8 @@ class RedisUnavailable(redis.ConnectionError):
 def redacted(url: str) -> str:
     """``url`` without its password: safe to print."""
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
 
 
@@ -204,28 +254,31 @@ def ensure_groups(client: redis.Redis, run_id: str) -> None:
 
 
 def stream_health(client: redis.Redis, run_id: str, stream: str) -> StreamHealth:
-    """Length, lag, pending and loss of a stream's consumer group.
+    """Length, lag, pending and loss of a stream's consumer group, from counters: one round trip
+    (XINFO GROUPS, XLEN, the cap's tally), whatever the bytes in flight.
 
-    ``lag`` counts entries added but not yet delivered to the group (Redis 7: entries-added minus
-    the group's entries-read); those still in the stream are ``undelivered``; the difference was
-    trimmed away unread and is ``lost``. Redis 6.2 has no counters: lag is what is left to read.
-    """
+    ``lag``: entries added and not delivered (Redis 7 keeps it per group: entries-added minus the
+    group's entries-read; the emergency cap counts what it removed unread as read).
+    ``lost``: every entry the cap removed before it was acknowledged (``Producer.put``). Where Redis
+    has no lag (6.2, or a counter it could not keep) the undelivered entries are counted, which
+    reads their payloads."""
     key = stream_key(run_id, stream)
     group = GROUPS[stream]
-    info = next((g for g in client.xinfo_groups(key) if _s(g["name"]) == group), None)
+    pipe = client.pipeline(transaction=False)
+    pipe.xinfo_groups(key)
+    pipe.xlen(key)
+    pipe.hgetall(cap_key(run_id, stream))
+    groups, length, capped = pipe.execute()
+    info = next((g for g in groups if _s(g["name"]) == group), None)
     if info is None:
         raise RuntimeError(f"consumer group {group!r} of {key} does not exist")
-    stream_info = client.xinfo_stream(key)
-    length = int(stream_info["length"])
-    undelivered = len(client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+"))
-    entries_added = stream_info.get("entries-added")
-    entries_read = info.get("entries-read")
-    if entries_read is None and _s(info["last-delivered-id"]) == "0-0":
-        entries_read = 0
-    lag = undelivered
-    if entries_added is not None and entries_read is not None:
-        lag = max(undelivered, int(entries_added) - int(entries_read))
-    return StreamHealth(length=length, lag=lag, pending=int(info["pending"]), lost=lag - undelivered)
+    capped = {_s(k): int(v) for k, v in capped.items()}
+    lost = capped.get("undelivered", 0) + capped.get("pending", 0)
+    if info.get("lag") is not None:  # exact: the cap keeps the group's entries-read exact
+        lag = int(info["lag"])
+    else:
+        lag = len(client.xrange(key, min="(" + _s(info["last-delivered-id"]), max="+"))
+    return StreamHealth(length=int(length), lag=lag, pending=int(info["pending"]), lost=lost)
 
 
 def oldest_unconsumed_age_s(client: redis.Redis, run_id: str, stream: str) -> float:
@@ -261,7 +314,7 @@ class Producer:
         run_id: str,
         stream: str,
         max_in_flight: int | None,
-        maxlen: int,
+        maxlen: int | None,
         count_pending: bool = True,
     ):
         self.client = client
@@ -272,6 +325,7 @@ class Producer:
         self.max_in_flight = max_in_flight
         self.maxlen = maxlen
         self.wait_s = 0.0  # total time spent waiting on backpressure
+        self._cap = client.register_script(_CAP)
 
     def wait_for_room(
         self,
@@ -300,18 +354,21 @@ class Producer:
 
     def put(self, message: Message, position: tuple[str, int] | None = None) -> str:
         """Append ``message``; a rollout group's id goes into the run's ledger in the same MULTI, and
-        ``position`` (producer name, its next unwritten sampler position) into the sampler hash."""
-        if self.stream != "rollouts" or not hasattr(message, "group_id"):
-            entry_id = self.client.xadd(
-                self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True
-            )
-            return _s(entry_id)
+        ``position`` (producer name, its next unwritten sampler position) into the sampler hash.
+        Past ``maxlen`` entries the oldest are trimmed, and those not yet acknowledged are counted
+        lost (``cap_key``; ``stream_health`` reports them)."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True)
-        pipe.sadd(ledger_key(self.run_id), message.group_id)
-        if position is not None:
-            pipe.hset(sampler_key(self.run_id), position[0], position[1])
-        entry_id = pipe.execute()[0]
+        pipe.xadd(self.key, {FIELD: encode(message)})
+        pipe.xlen(self.key)
+        if self.stream == "rollouts" and hasattr(message, "group_id"):
+            pipe.sadd(ledger_key(self.run_id), message.group_id)
+            if position is not None:
+                pipe.hset(sampler_key(self.run_id), position[0], position[1])
+        entry_id, length = pipe.execute()[:2]
+        if self.maxlen is not None and int(length) > self.maxlen:
+            self._cap(
+                keys=[self.key, cap_key(self.run_id, self.stream)], args=[self.maxlen, GROUPS[self.stream]]
+            )
         return _s(entry_id)
 
 
@@ -339,8 +396,22 @@ return held
 class Consumer:
     """Reads one stream as a member of its consumer group; bad entries go to the dead-letter stream."""
 
-    def __init__(self, client: redis.Redis, run_id: str, stream: str, consumer: str, max_deliveries: int = 3):
+    def __init__(
+        self,
+        client: redis.Redis,
+        run_id: str,
+        stream: str,
+        consumer: str,
+        max_deliveries: int = 3,
+        expects: type[Message] | None = None,
+        max_message_bytes: int | None = None,
+    ):
+        """``expects``: the one message type this stream carries for the run; an entry of another
+        kind, or of another run, is dead-lettered with that reason. ``max_message_bytes``: larger
+        entries are dead-lettered unread."""
         self.client = client
+        self.expects = expects
+        self.max_message_bytes = max_message_bytes
         self.run_id = run_id
         self.stream = stream
         self.key = stream_key(run_id, stream)
@@ -427,10 +498,30 @@ class Consumer:
                 continue
             payload = fields.get(FIELD, b"")
             try:
-                entries.append(Entry(entry_id, decode(payload)))
+                message = decode(payload, self.max_message_bytes)
             except DecodeError as exc:
                 self.dead_letter(entry_id, payload, f"undecodable entry: {exc}")
+                continue
+            wrong = self._misplaced(message)
+            if wrong:
+                self.dead_letter(entry_id, payload, wrong)
+                continue
+            entries.append(Entry(entry_id, message))
         return entries
+
+    def _misplaced(self, message: Message) -> str | None:
+        """Why ``message`` does not belong on this stream of this run, or None."""
+        if self.expects is None:
+            return None
+        if not isinstance(message, self.expects):
+            return (
+                f"expected {self.expects.model_fields['kind'].default} on {self.stream}, got {message.kind}"
+            )
+        group = getattr(message, "group", message)
+        run_id = getattr(group, "run_id", self.run_id)
+        if run_id != self.run_id:
+            return f"an entry of run {run_id!r} on the {self.stream} stream of run {self.run_id!r}"
+        return None
 
 
 class ControlChannel:
@@ -438,9 +529,11 @@ class ControlChannel:
 
     def __init__(self, client: redis.Redis, run_id: str, maxlen: int = 100_000):
         self.client = client
+        self.run_id = run_id
         self.key = stream_key(run_id, "control")
         self.maxlen = maxlen
         self.last_id = "0-0"
+        self.set_aside = 0  # undecodable entries dead-lettered by poll
 
     def publish(self, message: Message) -> str:
         return _s(self.client.xadd(self.key, {FIELD: encode(message)}, maxlen=self.maxlen, approximate=True))
@@ -452,12 +545,24 @@ class ControlChannel:
             self.last_id = _s(last[0][0])
 
     def poll(self, block_ms: int | None = None) -> list[Message]:
-        """Messages published since the last poll (blocking up to ``block_ms`` when given)."""
+        """Messages published since the last poll (blocking up to ``block_ms`` when given). An entry
+        that does not decode (a newer schema, a missing field) is dead-lettered with the reason and
+        counted (``set_aside``); the valid ones around it are returned. One reader (the launcher)
+        polls, so each bad entry is set aside once; the control stream itself is not changed."""
         reply = self.client.xread({self.key: self.last_id}, block=block_ms, count=1000)
         messages = []
         for raw_id, fields in reply[0][1] if reply else []:
             self.last_id = _s(raw_id)
-            messages.append(decode(fields[FIELD]))
+            payload = fields.get(FIELD, b"")
+            try:
+                messages.append(decode(payload))
+            except DecodeError as exc:
+                self.set_aside += 1
+                letter = DeadLetter(
+                    stream="control", entry_id=self.last_id, reason=f"undecodable entry: {exc}",
+                    consumer="launcher", payload=payload,
+                )  # fmt: skip
+                self.client.xadd(stream_key(self.run_id, "dead"), {FIELD: encode(letter)})
         return messages
 
 
@@ -485,9 +590,18 @@ class KeepAlive:
     process stops beating, so the launcher's heartbeat deadline and the claim of its entries by
     another consumer still find it; a beat that fails (Redis away) is retried at the next one."""
 
-    def __init__(self, name: str, interval_s: float, beats: list[Callable[[], object]]):
+    def __init__(
+        self,
+        name: str,
+        interval_s: float,
+        beats: list[Callable[[], object]],
+        working: Callable[[], bool] = lambda: True,
+    ):
+        """``working``: False when the loop has made no sign of life for longer than its work can
+        take (a hung loop): then the thread stops beating, and the hang is seen as one."""
         self.interval_s = interval_s
         self.beats = beats
+        self.working = working
         self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"keepalive-{name}", daemon=True)
@@ -498,6 +612,8 @@ class KeepAlive:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if not self.working():
+                continue
             for beat in self.beats:
                 try:
                     beat()

@@ -79,7 +79,14 @@ class Learner:
         self.client = connect(redis_url, config.broker.socket_timeout_s, config.broker.reconnect_timeout_s)
         folder = local_folder(model_path, config.model.cache_dir, lambda key: fetch_files(self.client, key))
         self.policy = PolicyTrainer(config, folder)
-        self.consumer = Consumer(self.client, self.run_id, "train", "learner0")
+        self.consumer = Consumer(
+            self.client,
+            self.run_id,
+            "train",
+            "learner0",
+            expects=ScoredGroup,
+            max_message_bytes=config.broker.max_message_bytes,
+        )
         self.control = ControlChannel(self.client, self.run_id)
         self.weights = WeightPublisher(self.policy, self.cfg.broadcast_timeout_s, actor_handles)
         self.calls = LoopCalls("learner")  # regroups run on the training loop, between steps
@@ -158,10 +165,7 @@ class Learner:
                 got = self.consumer.read(self.mix.size, self.config.broker.block_ms)
             if got:
                 deadline = time.monotonic() + self.cfg.data_timeout_s
-            for entry in got:
-                if not isinstance(entry.message, ScoredGroup):
-                    entry_ids.append(entry.entry_id)
-                    continue
+            for entry in got:  # the consumer dead-lettered what is not a scored group of this run
                 reason = self._set_aside(entry.message)
                 if reason:
                     self.skipped.setdefault(reason, []).append(entry.message.group.group_id)

@@ -14,6 +14,7 @@ Every wait is bounded by ``broadcast_timeout_s``. The actors are reached through
 from __future__ import annotations
 
 import math
+import os
 import time
 
 from pope.weight_sync import broadcast_tensors, checksum, make_group
@@ -36,7 +37,9 @@ class WeightPublisher:
         from broker.embedded import free_port
 
         self.last_regroup = None
-        host, port = ray.util.get_node_ip_address(), free_port()
+        # a local run keeps the group on the loopback (the launcher sets POPE_WEIGHT_SYNC_HOST)
+        host = os.environ.get("POPE_WEIGHT_SYNC_HOST") or ray.util.get_node_ip_address()
+        port = free_port()
         world = len(actor_handles) + 1
         refs = [
             h.init_weight_group.remote(host, port, world, self.timeout_s, i + 1)

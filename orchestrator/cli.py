@@ -148,6 +148,9 @@ def _method(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.launcher import local_ray_auth
+
+    local_ray_auth()  # before anything imports ray: a local Ray accepts only this process's token
     parser = argparse.ArgumentParser(
         prog="pope", description="Privileged On-Policy Exploration: async RL for LLM reasoning"
     )

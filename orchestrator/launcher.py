@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 from broker.accounting import StreamUpkeep, account_groups
 from broker.embedded import EmbeddedRedis
@@ -63,6 +65,33 @@ class _RedisUpkeep(StreamUpkeep):
         }
 
 
+def local_ray_auth(environ=os.environ) -> str | None:
+    """Make a local Ray of this process accept only clients that hold its token.
+
+    Ray's servers listen on every interface (Ray 2.60 has no bind address), so a local run guards
+    them with Ray's token authentication instead: unless the environment chose a mode
+    (``RAY_AUTH_MODE``) or joins a cluster (``RAY_ADDRESS``), mode ``token`` with a fresh random
+    token (unless one is configured). Ray reads the mode once, at import: call this before anything
+    imports ray (``pope``'s entry point does). Returns the mode now in force, None when left alone."""
+    if environ.get("RAY_ADDRESS") or environ.get("RAY_AUTH_MODE"):
+        return None
+    environ["RAY_AUTH_MODE"] = "token"
+    configured = environ.get("RAY_AUTH_TOKEN") or environ.get("RAY_AUTH_TOKEN_PATH")
+    if not configured and not (Path.home() / ".ray" / "auth_token").is_file():
+        environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return "token"
+
+
+def loopback_interface() -> str | None:
+    """The name of the interface holding 127.0.0.1 ('lo' on Linux), None when there is none."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address == "127.0.0.1" for a in addresses):
+            return name
+    return None
+
+
 def _process_env(config: PopeConfig, threads: int) -> dict[str, str]:
     env = {
         "OMP_NUM_THREADS": str(threads),
@@ -73,6 +102,11 @@ def _process_env(config: PopeConfig, threads: int) -> dict[str, str]:
     }
     if config.learner.num_gpus == 0 and config.actors.num_gpus == 0:
         env["DS_ACCELERATOR"] = "cpu"
+    if not os.environ.get("RAY_ADDRESS"):  # a local run: the weight group stays on the loopback
+        env["POPE_WEIGHT_SYNC_HOST"] = "127.0.0.1"
+        loopback = loopback_interface()
+        if loopback:
+            env["GLOO_SOCKET_IFNAME"] = loopback
     return env
 
 
@@ -247,6 +281,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
                 metrics.observe(report)
             metrics.refresh(pools.sizes)
             summary["metrics_export_errors"] = metrics.export_errors
+        summary["control_entries_set_aside"] = control.set_aside
         for m in pools.actors + pools.workers:
             ray.get(m.handle.close.remote())
         ray.get(learner.close.remote())

@@ -240,6 +240,12 @@ class BrokerConfig(Section):
         100_000, ge=1000, description="MAXLEN cap on streams; only a safety net, never backpressure."
     )
     block_ms: int = Field(500, ge=1, le=60_000, description="How long a blocking stream read waits, ms.")
+    max_message_bytes: int = Field(
+        256 * 2**20,
+        ge=4096,
+        description="Largest stream entry a consumer decodes; a larger one is dead-lettered unread. A "
+        "paper-shaped group (8 rollouts x 16k tokens, with logprobs) is about 1 MiB.",
+    )
     persistence: bool = Field(
         True, description="The embedded Redis keeps an append-only file in the run dir, so a run can resume."
     )

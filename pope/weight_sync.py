@@ -10,6 +10,7 @@ per parameter. Every rank must call ``broadcast_tensors`` with the same ``metas`
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,11 +41,16 @@ def meta_of(named: Iterable[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
 
 def make_group(host: str, port: int, rank: int, world_size: int, timeout_s: float):
     """A gloo process group that does not touch torch.distributed's default group. Weights go over
-    gloo through host memory on every machine, GPUs included (no NCCL transfer yet)."""
+    gloo through host memory on every machine, GPUs included (no NCCL transfer yet). Rank 0 hosts
+    the group's TCPStore on ``host`` only (127.0.0.1 on a local run)."""
     timeout = timedelta(seconds=timeout_s)
+    listener = None
+    if rank == 0:  # the store listens on ``host`` alone (TCPStore itself would take every interface)
+        listener = socket.create_server((host, port), backlog=max(64, world_size))
     store = dist.TCPStore(
-        host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=False
-    )
+        host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=False,
+        master_listen_fd=None if listener is None else listener.detach(),
+    )  # fmt: skip
     prefixed = dist.PrefixStore("pope-weights", store)
     group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
     return group, store  # the store must outlive the group on the master

@@ -19,6 +19,8 @@ from pope.config import PreprocessSettings
 from preprocess.advantages import group_advantages
 from preprocess.scoring import Verifier
 
+LOOP_GRACE_S = 10.0  # past what a loop step may take, before the loop is taken for hung
+
 
 @dataclass
 class PreprocessStats:
@@ -46,6 +48,8 @@ class PreprocessWorker:
             "rollouts",
             self.worker_id,
             max_deliveries=config.preprocess.max_deliveries,
+            expects=RolloutGroup,
+            max_message_bytes=config.broker.max_message_bytes,
         )
         self.producer = Producer(
             self.client,
@@ -70,7 +74,12 @@ class PreprocessWorker:
             self.worker_id,
             min(config.progress_interval_s, config.preprocess.claim_idle_s / 4),
             [self._keep_held_fresh, lambda: self._report_progress(force=True)],
+            working=self._working,
         )
+        # the loop's last sign of life, and until when the group it scores may take (the verifier's
+        # deadline per rollout): a loop silent past both is hung, and its thread stops vouching for it
+        self._alive_at = time.monotonic()
+        self._busy_until = 0.0
 
     def score_group(self, group: RolloutGroup) -> ScoredGroup:
         start = time.monotonic()
@@ -91,6 +100,7 @@ class PreprocessWorker:
 
     def process_once(self) -> int:
         """Read, score, publish and acknowledge up to ``groups_per_read`` groups; returns how many."""
+        self._alive_at = time.monotonic()
         count = self.config.preprocess.groups_per_read
         entries = self.consumer.read_own_pending(count) if not self._own_pending_done else []
         self._own_pending_done = self._own_pending_done or not entries
@@ -106,6 +116,15 @@ class PreprocessWorker:
             with self._held_lock:
                 self._held = set()
 
+    def _working(self) -> bool:
+        now = time.monotonic()
+        return now < max(self._alive_at + LOOP_GRACE_S + self.config.broker.block_ms / 1000, self._busy_until)
+
+    def _alive(self) -> bool:
+        """The backpressure wait's stop check, which also says the loop is alive."""
+        self._alive_at = time.monotonic()
+        return self._stop.is_set()
+
     def _keep_held_fresh(self) -> None:
         with self._held_lock:
             held = sorted(self._held)
@@ -113,14 +132,11 @@ class PreprocessWorker:
 
     def _process(self, entries: list) -> int:
         done = []
-        for entry in entries:
-            if not isinstance(entry.message, RolloutGroup):
-                self.consumer.dead_letter(
-                    entry.entry_id, b"", f"expected rollout_group, got {entry.message.kind}"
-                )
-                continue
-            if not self.producer.wait_for_room(self._stop.is_set):
+        for entry in entries:  # the consumer set aside what is not a rollout group of this run
+            if not self.producer.wait_for_room(self._alive):
                 break  # stopping: the rest stay pending, counted as in flight
+            budget = len(entry.message.rollouts) * self.config.preprocess.verify_timeout_s
+            self._busy_until = time.monotonic() + budget + LOOP_GRACE_S
             try:
                 scored = self.score_group(entry.message)
             except ValueError as exc:  # deliberate: a malformed group is set aside with its reason, counted
@@ -133,6 +149,7 @@ class PreprocessWorker:
             self.producer.put(scored)
             self.consumer.ack([entry.entry_id])
             self.stats.groups_scored += 1
+            self._alive_at = time.monotonic()
             done.append(entry.entry_id)
         self.stats.dead_lettered = self.consumer.dead_lettered
         return len(done)

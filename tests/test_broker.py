@@ -4,10 +4,11 @@ import threading
 import time
 import uuid
 
+import msgpack
 import pytest
 
 from broker.accounting import generated_ids, read_all, trim_acknowledged, unacked_ids
-from broker.schemas import Stop, WeightsPublished
+from broker.schemas import Stop, WeightsPublished, decode
 from broker.streams import (
     FIELD,
     Consumer,
@@ -121,13 +122,11 @@ def test_undecodable_entry_is_dead_lettered_with_reason(redis_client, run_id):
 
 
 def test_trim_before_read_is_reported_as_loss(redis_client, run_id):
-    producer = Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=1000)
-    key = stream_key(run_id, "rollouts")
+    producer = Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=5)
     for i in range(20):
-        producer.put(make_group(f"actor0-{i}"))
-    redis_client.xtrim(key, maxlen=5, approximate=False)  # an emergency cap hit before anyone read
+        producer.put(make_group(f"actor0-{i}"))  # an emergency cap hit before anyone read
     health = stream_health(redis_client, run_id, "rollouts")
-    assert health.length == 5 and health.lost == 15
+    assert (health.length, health.lag, health.lost) == (5, 5, 15)
 
 
 def test_stale_entries_are_claimed_by_another_consumer(redis_client, run_id):
@@ -150,14 +149,21 @@ def test_control_channel_delivers_in_order(redis_client, run_id):
     assert reader.poll() == []
 
 
-def test_embedded_redis_requires_password_and_binds_loopback(redis_server):
+def test_embedded_redis_requires_password_and_opens_no_port(redis_server):
+    """A Unix socket in a directory only this user can enter, and no TCP listener: no other
+    process can take its address (not even during a restart) and receive the password."""
+    import stat
+
+    import psutil
     import redis
 
-    anonymous = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=2)
+    anonymous = redis.Redis(unix_socket_path=str(redis_server.socket_path), socket_timeout=2)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
-    conf = (redis_server.workdir / "redis.conf").read_text()
-    assert "bind 127.0.0.1" in conf
+    assert stat.S_IMODE(redis_server.socket_path.parent.stat().st_mode) == 0o700
+    server = psutil.Process(redis_server.process.pid)
+    assert [c for c in server.net_connections("tcp") if c.status == "LISTEN"] == []
+    assert "port 0" in (redis_server.workdir / "redis.conf").read_text().splitlines()
 
 
 def test_poison_entry_dead_lettered_after_max_deliveries(redis_client, run_id):
@@ -202,7 +208,7 @@ def test_acknowledged_state_survives_a_redis_restart(tmp_path):
     with pytest.raises(redis_lib.ConnectionError):  # bounded retries, then a loud failure
         client.ping()
     restarted = EmbeddedRedis(tmp_path / "redis", persistence=True)
-    restarted.port, restarted.password = server.port, server.password  # same address, same secret
+    restarted.socket_path, restarted.password = server.socket_path, server.password  # same address, secret
     restarted.start()
     try:
         health = stream_health(client, rid, "rollouts")  # the old client reconnects by itself
@@ -255,7 +261,7 @@ def test_unreachable_redis_fails_after_the_budget_naming_it():
 
 
 def test_supervised_embedded_redis_comes_back_with_its_state(tmp_path):
-    """SIGKILL the embedded server: the supervisor restarts it on the same port from its AOF, a
+    """SIGKILL the embedded server: the supervisor restarts it on the same socket from its AOF, a
     client reconnects by itself, and acknowledged and pending state is as it was; past
     ``max_restarts`` it gives up and says so, and the client fails naming Redis."""
     import signal
@@ -280,13 +286,13 @@ def test_supervised_embedded_redis_comes_back_with_its_state(tmp_path):
         assert server.process.pid != first_pid and server.restarts == 1
         assert (health.length, health.pending, health.lag) == (4, 1, 2)
         assert generated_ids(client, rid) == {f"actor0-{i}" for i in range(4)}
-        assert "restarted on port" in reports[0]
+        assert f"restarted on {server.socket_path}" in reports[0]
         server.process.send_signal(signal.SIGKILL)  # a second death: no restarts left
         deadline = time.monotonic() + 10
         while server.failure is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "broker.max_redis_restarts" in server.failure
-        with pytest.raises(RedisUnavailable, match="Redis at redis://127.0.0.1"):
+        with pytest.raises(RedisUnavailable, match=f"Redis at unix://{server.socket_path}"):
             connect(server.url, reconnect_timeout_s=1.0).ping()
     finally:
         server.stop()
@@ -377,3 +383,80 @@ def test_keep_fresh_holds_only_what_the_consumer_owns(redis_client, run_id):
         for e in redis_client.xpending_range(stream_key(run_id, "rollouts"), "preprocess", "-", "+", 10)
     ]
     assert deliveries == [2, 2]  # keep_fresh is not a delivery
+
+
+def test_a_consumer_sets_aside_another_kind_another_run_and_an_oversized_entry(redis_client, run_id):
+    """On the train stream the learner reads scored groups of its run only: a rollout group, a
+    scored group of another run and an entry over the size cap are dead-lettered with the reason
+    (payload kept), and the valid entry behind them is read."""
+    from broker.schemas import ScoredGroup
+
+    def scored(run: str) -> ScoredGroup:
+        group = make_group("actor0-1").model_copy(update={"run_id": run})
+        return ScoredGroup(group=group, rewards=[1.0, 0.0], advantages=[0.5, -0.5],
+                           verdicts=["correct", "wrong"], worker_id="w0")  # fmt: skip
+
+    producer = Producer(redis_client, run_id, "train", None, 100_000)
+    wrong_kind = producer.put(make_group("actor0-0").model_copy(update={"run_id": run_id}))
+    other_run = producer.put(scored("someone-else"))
+    big = scored(run_id).model_copy(update={"worker_id": "w" * 5000})
+    oversized = producer.put(big)
+    good = producer.put(scored(run_id))
+    learner = Consumer(redis_client, run_id, "train", "learner0", expects=ScoredGroup, max_message_bytes=4096)
+    assert [e.entry_id for e in learner.read(10, 100)] == [good]
+    letters = {m.entry_id: m for _, m in read_all(redis_client, run_id, "dead")}
+    assert letters[wrong_kind].reason == "expected scored_group on train, got rollout_group"
+    assert (
+        letters[other_run].reason == f"an entry of run 'someone-else' on the train stream of run '{run_id}'"
+    )
+    assert "over the 4096-byte cap" in letters[oversized].reason
+    assert decode(letters[wrong_kind].payload).group_id == "actor0-0"  # nothing of it is lost
+    assert learner.dead_lettered == 3 and stream_health(redis_client, run_id, "train").pending == 1
+
+
+def test_an_undecodable_control_entry_is_set_aside_and_the_messages_around_it_kept(redis_client, run_id):
+    from broker.schemas import Stop
+
+    control = ControlChannel(redis_client, run_id)
+    control.publish(Stop(reason="first"))
+    newer = msgpack.packb({"kind": "stop", "schema_version": 99, "reason": "from a newer build"})
+    bad_id = redis_client.xadd(stream_key(run_id, "control"), {FIELD: newer}).decode()
+    redis_client.xadd(
+        stream_key(run_id, "control"), {FIELD: msgpack.packb({"kind": "stop", "schema_version": 2})}
+    )
+    control.publish(Stop(reason="last"))
+    assert [m.reason for m in control.poll()] == ["first", "last"]
+    assert control.set_aside == 2 and control.poll() == []
+    letters = [m for _, m in read_all(redis_client, run_id, "dead")]
+    assert [(m.stream, m.entry_id) for m in letters][0] == ("control", bad_id)
+    assert "schema_version 99" in letters[0].reason and "reason" in letters[1].reason
+    assert letters[0].payload == newer
+
+
+def test_stream_health_reads_counters_not_entries(redis_client, run_id):
+    """Health comes from counters alone (no XRANGE over the payloads in flight), and the emergency
+    cap's losses are counted whether never delivered or pending: 20 written under a cap of 12; 5
+    read and acknowledged, 3 read and left pending, then the cap removes 8 (5 acknowledged, 3
+    pending: lost), and 4 more writes remove 4 never delivered (lost)."""
+    producer = Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=12)
+    for i in range(12):
+        producer.put(make_group(f"actor0-{i}"))
+    consumer = Consumer(redis_client, run_id, "rollouts", "w0")
+    consumer.ack([e.entry_id for e in consumer.read(5, 100)])
+    assert len(consumer.read(3, 100)) == 3
+    for i in range(12, 24):
+        producer.put(make_group(f"actor0-{i}"))
+
+    def xrange_calls() -> int:
+        return int(redis_client.info("commandstats").get("cmdstat_xrange", {}).get("calls", 0))
+
+    before = xrange_calls()
+    health = stream_health(redis_client, run_id, "rollouts")
+    assert xrange_calls() == before
+    # 24 written, 12 removed: 5 acknowledged, 3 pending, 4 never read; 12 left, none delivered
+    assert (health.length, health.lag, health.pending, health.lost) == (12, 12, 3, 7)
+    assert redis_client.hgetall(f"pope:{run_id}:rollouts:capped") == {b"undelivered": b"4", b"pending": b"3"}
+    read = consumer.read(20, 100)
+    assert [e.message.group_id for e in read] == [f"actor0-{i}" for i in range(12, 24)]
+    health = stream_health(redis_client, run_id, "rollouts")
+    assert (health.lag, health.lost) == (0, 7)

@@ -291,3 +291,55 @@ def test_an_actor_beats_while_one_engine_call_lasts_longer_than_its_interval(
     ]
     during = [t for t in beats if window[0] + 0.2 < t < window[0] + 3.0]
     assert len(during) >= 4, (window, beats)  # every 0.5 s of the 3 s call, less the edges
+
+
+def test_a_hung_worker_loop_stops_its_beats_and_loses_its_entries(
+    config, redis_server, redis_client, monkeypatch
+):
+    """The keep-alive thread vouches for the loop only while the loop's work can last (the
+    verifier's deadline per rollout, plus a grace): a loop stuck past that stops beating, so its
+    entries are claimed and its heartbeat goes silent."""
+    import threading
+
+    import preprocess.worker as worker_module
+    from broker.schemas import PreprocessProgress, decode
+    from broker.streams import FIELD, Consumer, ControlChannel
+
+    monkeypatch.setattr(worker_module, "LOOP_GRACE_S", 0.5)
+    run_id = config.run.run_id
+    ensure_groups(redis_client, run_id)
+    settings = config.for_preprocess().model_copy(
+        update={
+            "preprocess": config.preprocess.model_copy(update={"claim_idle_s": 1.0, "verify_timeout_s": 0.2}),
+            "progress_interval_s": 0.1,
+        }
+    )
+    Producer(redis_client, run_id, "rollouts", None, None).put(_group(run_id, "g0", "unguided", ["7", "8"]))
+    worker = worker_module.PreprocessWorker(settings, 0, redis_server.url)
+    release = threading.Event()
+
+    def stuck(group):  # as a deadlocked loop would be; once released, the group is set aside
+        release.wait()
+        raise ValueError("released by the test")
+
+    worker.score_group = stuck
+    loop = threading.Thread(target=worker.run)
+    loop.start()
+    other = Consumer(redis_client, run_id, "rollouts", "preprocess1")
+    control = ControlChannel(redis_client, run_id)
+    try:
+        deadline, claimed = time.monotonic() + 15, []
+        while not claimed:
+            assert time.monotonic() < deadline, "the stuck worker's entry was never claimable"
+            time.sleep(0.2)
+            claimed = other.claim_stale(1000, 10)
+        assert [e.message.group_id for e in claimed] == ["g0"]
+        beats = [int(i.decode().split("-")[0]) for i, f in redis_client.xrange(control.key)
+                 if isinstance(decode(f[FIELD]), PreprocessProgress)]  # fmt: skip
+        seconds, micros = redis_client.time()
+        assert beats and seconds * 1000 + micros / 1000 - beats[-1] > 800  # silent since it went stuck
+    finally:
+        worker.stop()
+        release.set()
+        loop.join(timeout=30)
+        worker.close()

@@ -1,3 +1,5 @@
+import re
+
 import msgpack
 import numpy as np
 import pytest
@@ -142,3 +144,51 @@ def test_progress_is_typed():
         decode(msgpack.packb({"kind": "preprocess_progress", "schema_version": SCHEMA_VERSION,
                               "component": "p", "groups": -1, "correct": 0, "wrong": 0, "timeout": 0,
                               "error": 0}))  # fmt: skip
+
+
+def _scored() -> ScoredGroup:
+    return ScoredGroup(group=make_group(), rewards=[1.0, 0.0], advantages=[0.5, -0.5],
+                       verdicts=["correct", "wrong"], worker_id="w0")  # fmt: skip
+
+
+def _tampered(message, change) -> bytes:
+    """``message`` encoded, with ``change`` applied to its msgpack tree: what a buggy or hostile
+    producer could write, which the model's own constructor would not let through."""
+    tree = msgpack.unpackb(encode(message), raw=False)
+    change(tree)
+    return msgpack.packb(tree, use_bin_type=True)
+
+
+def _rollout(tree, i=0):
+    return (tree["group"] if "group" in tree else tree)["rollouts"][i]
+
+
+@pytest.mark.parametrize(
+    ("message", "change", "reason"),
+    [
+        (make_group(), lambda t: _rollout(t)["completion_ids"].update(data=b"\x01\x00\x00\x00\x02"),
+         "5 bytes are not a whole number of int32 items"),
+        (make_group(), lambda t: _rollout(t)["behaviour_logprobs"].update(data=np.float32([-0.5]).tobytes()),
+         "1 behaviour logprobs for 3 tokens"),
+        (make_group(), lambda t: _rollout(t)["behaviour_logprobs"].update(
+            data=np.float32([-0.5, np.nan, -0.1]).tobytes()), "every one finite"),
+        (make_group(), lambda t: _rollout(t)["completion_ids"].update(
+            dtype="float32", data=np.float32([1, 2, 3]).tobytes()), "integer token ids"),
+        (make_group(), lambda t: t.update(rollouts=[]), "at least 1 item"),
+        (make_group(), lambda t: t.update(temperature=float("inf")), "finite number"),
+        (_scored(), lambda t: t.update(rewards=[1.0]), "2 rollouts but {'rewards': 1}"),
+        (_scored(), lambda t: t.update(advantages=[0.5, -0.5, 0.0], verdicts=["wrong"]),
+         "2 rollouts but {'advantages': 3, 'verdicts': 1}"),
+        (_scored(), lambda t: t.update(advantages=[float("nan"), 0.0]), "finite number"),
+    ],
+)  # fmt: skip
+def test_decode_checks_fields_against_each_other(message, change, reason):
+    with pytest.raises(DecodeError, match=re.escape(reason)):
+        decode(_tampered(message, change))
+
+
+def test_decode_refuses_a_payload_over_the_cap_before_unpacking():
+    payload = encode(make_group())
+    assert decode(payload, max_bytes=len(payload)) == make_group()
+    with pytest.raises(DecodeError, match=rf"{len(payload)} bytes, over the {len(payload) - 1}-byte cap"):
+        decode(payload, max_bytes=len(payload) - 1)
