@@ -158,18 +158,23 @@ def test_killed_learner_resumes_exactly(tmp_path):
     _check_exactly_once(run_dir, steps, 2)
 
 
-def _kill_redis(run_dir: Path) -> int:
-    """SIGKILL the run's embedded redis-server: the descendant of this test named redis-server
-    whose working directory (its ``dir``, where the AOF lives) is the run's."""
+def _redis_process(run_dir: Path) -> psutil.Process:
+    """The run's embedded redis-server: the descendant of this test named redis-server whose working
+    directory (its ``dir``, where the AOF lives) is the run's."""
     workdir = str((run_dir / "redis").resolve())
     for proc in psutil.Process().children(recursive=True):
         try:
             if proc.name() == "redis-server" and proc.cwd() == workdir:
-                proc.send_signal(signal.SIGKILL)
-                return proc.pid
+                return proc
         except psutil.NoSuchProcess:
             continue
     raise AssertionError(f"no redis-server working in {workdir}")
+
+
+def _kill_redis(run_dir: Path) -> int:
+    proc = _redis_process(run_dir)
+    proc.send_signal(signal.SIGKILL)
+    return proc.pid
 
 
 def test_killed_redis_is_restarted_and_nothing_is_lost(tmp_path):
@@ -212,3 +217,22 @@ def test_a_frozen_worker_loses_its_entries_and_its_late_copies_are_not_trained(t
     assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
     summary = _check_exactly_once(tmp_path / run_id, steps, 2)
     assert summary["groups_dead_lettered"] == 0, summary["dead_lettered_group_ids"]
+
+
+def test_redis_frozen_past_the_socket_timeout_and_the_run_goes_on(tmp_path):
+    """The embedded redis-server frozen (SIGSTOP) for three socket timeouts, then resumed: every
+    client's call times out and is retried within broker.reconnect_timeout_s, nothing waits forever,
+    and every group is trained once, counted in flight or set aside; none lost."""
+    run_id = "chaos-redis-frozen"
+    steps = 12
+    proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
+                       f"run.output_dir={tmp_path}", "broker.socket_timeout_s=2",
+                       "broker.reconnect_timeout_s=60")  # fmt: skip
+    _wait_for(log, r"step 3/", proc)
+    server = _redis_process(tmp_path / run_id)
+    server.send_signal(signal.SIGSTOP)
+    time.sleep(6)
+    server.send_signal(signal.SIGCONT)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    summary = _check_exactly_once(tmp_path / run_id, steps, 2)
+    assert summary["redis_restarts"] == 0  # frozen, not dead: the supervisor left it alone
