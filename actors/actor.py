@@ -25,11 +25,13 @@ from actors.engine import SamplingSettings
 from actors.engines import make_engine
 from broker.schemas import ActorProgress, PackedArray, Rollout, RolloutGroup
 from broker.streams import (
+    LOOP_GRACE_S,
     ControlChannel,
     KeepAlive,
     PositionClaims,
     Producer,
     ProgressReporter,
+    WorkDeadline,
     connect,
     fetch_files,
 )
@@ -89,6 +91,7 @@ class RolloutActor:
         self.calls = LoopCalls(self.actor_id)  # the engine is not thread-safe: weights load on the loop
         # a restarted actor (Ray max_restarts) starts a new incarnation: its group ids never repeat
         self.incarnation = secrets.token_hex(3)
+        self.deadline = WorkDeadline(LOOP_GRACE_S)  # until when the loop's current phase may last
         if redis_url is None:
             return
         if not problems:
@@ -106,9 +109,12 @@ class RolloutActor:
         self.schedule = PromptSchedule(problems, config.data, config.run.seed, config.groups_per_step, easy)
         self.claims = PositionClaims(self.client, self.run_id)
         # liveness from a thread: an engine call, a weight load or a backpressure wait longer than
-        # the launcher's heartbeat deadline is not a hang
+        # the launcher's heartbeat deadline is not a hang; one longer than its own deadline is
         self.keepalive = KeepAlive(
-            self.actor_id, config.progress_interval_s, [lambda: self._report_progress(force=True)]
+            self.actor_id,
+            config.progress_interval_s,
+            [lambda: self._report_progress(force=True)],
+            working=self.deadline.working,
         )
         # a restarted (or resumed) actor first asks what it had claimed and not written
         self._redo = list(self.claims.unfinished(self.actor_id))
@@ -145,10 +151,12 @@ class RolloutActor:
 
     def _load_weights(self, version: int, metas: list[TensorMeta], timeout_s: float) -> float:
         start = time.monotonic()
+        self.deadline.expect(timeout_s)
         try:
             checksum = self.engine.receive_weights(metas, timeout_s)
         finally:
             self.stats.weight_load_s += time.monotonic() - start
+            self.deadline.expect()
         self.version = version
         self.stats.weight_updates += 1
         return checksum
@@ -178,7 +186,9 @@ class RolloutActor:
         )
         version = self.version
         start = time.monotonic()
+        self.deadline.expect(cfg.engine_call_timeout_s)
         samples = self.engine.generate(prompt_ids, settings)
+        self.deadline.expect()
         elapsed = time.monotonic() - start
         self.stats.generate_s += elapsed
         groups = []
@@ -222,6 +232,7 @@ class RolloutActor:
         self.keepalive.start()
         try:
             while not self._stop.is_set():
+                self.deadline.expect()
                 self.calls.serve()
                 before = self.producer.wait_s
                 if not self.producer.wait_for_room(self._idle_tick, sleep=self._sleep_until_call):
@@ -257,6 +268,7 @@ class RolloutActor:
         """While waiting on backpressure, keep serving weight updates (the learner may be waiting on
         us to load before it consumes more); True when asked to stop."""
         self.calls.serve()
+        self.deadline.expect()
         self._report_progress()  # alive, though waiting: the heartbeat is about liveness, not speed
         return self._stop.is_set()
 

@@ -8,22 +8,63 @@ With persistence on it keeps an append-only file with ``appendfsync always``: a 
 before its client hears the reply, so what a component saw acknowledged survives a kill of the
 server and of the machine. ``supervise`` restarts a server that died, on the same socket, password
 and directory; the AOF replays streams, consumer groups and their pending lists.
+
+The server shares its owner's fate: on Linux it gets SIGTERM when the process that started it dies
+(``PR_SET_PDEATHSIG``), so a killed launcher leaves no server holding the run's AOF. Where that is
+not available (or the server outlived its owner anyway), the next start in the same directory finds
+the old server by its pid file and stops it before it starts its own: two servers never share an AOF.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import redis
+
+_PR_SET_PDEATHSIG = 1
+# looked up once, here: the child runs nothing but the one prctl call between fork and exec
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the thread that started it dies (Linux; elsewhere the
+    next start's ``stop_stale_server`` is the only guard)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def stop_stale_server(workdir: Path, timeout_s: float = 10.0) -> int | None:
+    """Stop a redis-server left running in ``workdir`` by an owner that died (its pid file names it,
+    and it is a redis-server working in that directory); returns its pid, None when there was none."""
+    pidfile = Path(workdir) / "redis.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        proc = psutil.Process(pid)
+        if not proc.name().startswith("redis-server") or Path(proc.cwd()) != Path(workdir).resolve():
+            return None  # the pid was reused by another process: not ours to stop
+        proc.terminate()  # redis-server flushes its AOF and exits on SIGTERM
+        try:
+            proc.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+        return pid
+    except (FileNotFoundError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def find_redis_server() -> str:
@@ -68,6 +109,7 @@ class EmbeddedRedis:
         self.process: subprocess.Popen | None = None
         self.restarts = 0  # times ``supervise`` brought the server back
         self.failure: str | None = None  # why supervision gave up (the owner fails the run with it)
+        self.stale_stopped: int | None = None  # pid of a dead owner's server this one stopped first
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -90,6 +132,7 @@ class EmbeddedRedis:
             "daemonize no",
             "loglevel warning",
             f"logfile {(self.workdir / 'redis.log').resolve()}",
+            f"pidfile {(self.workdir / 'redis.pid').resolve()}",
         ]
         lines += (
             ["appendonly yes", "appendfsync always"] if self.persistence else ['save ""', "appendonly no"]
@@ -99,9 +142,13 @@ class EmbeddedRedis:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write("\n".join(lines) + "\n")
+        self.stale_stopped = stop_stale_server(self.workdir) or self.stale_stopped
         # umask 077: the files redis-server writes (AOF, RDB: the run's data) are 0600 too
         self.process = subprocess.Popen(
-            [find_redis_server(), str(conf)], stdout=subprocess.DEVNULL, umask=0o077
+            [find_redis_server(), str(conf)],
+            stdout=subprocess.DEVNULL,
+            umask=0o077,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (one async-signal-safe syscall before exec)
         )
         deadline = time.monotonic() + self.start_timeout_s
         client = redis.Redis(unix_socket_path=str(self.socket_path), password=self.password, socket_timeout=2)

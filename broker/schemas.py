@@ -211,7 +211,17 @@ class PreprocessProgress(Message):
     error: int = Field(ge=0)
 
 
-Progress = (ActorProgress, PreprocessProgress)  # isinstance(message, Progress): a heartbeat
+class LearnerProgress(Message):
+    """The learner's heartbeat: it is alive, and in which phase of which step."""
+
+    kind: Literal["learner_progress"] = "learner_progress"
+    schema_version: int = SCHEMA_VERSION
+    component: str = Field(description="'learner'.")
+    step: int = Field(ge=0, description="Optimizer steps done.")
+    phase: Literal["collect", "train", "broadcast", "checkpoint", "idle"]
+
+
+Progress = (ActorProgress, PreprocessProgress, LearnerProgress)  # isinstance(message, Progress): a heartbeat
 
 
 class ScaleRequest(Message):
@@ -248,6 +258,7 @@ AnyMessage = Annotated[
     | StepReport
     | ActorProgress
     | PreprocessProgress
+    | LearnerProgress
     | ScaleRequest
     | Stop
     | DeadLetter,

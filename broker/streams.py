@@ -584,6 +584,27 @@ class ProgressReporter:
             self.control.publish(message(self.component))
 
 
+LOOP_GRACE_S = 10.0  # past what a loop's phase may take, before the loop is taken for hung
+
+
+class WorkDeadline:
+    """Until when a component's loop is believed to be working: every phase of the loop says how
+    long it may take (``expect``: a poll tick, an engine call, a batch to score, a training step),
+    plus a grace; a loop silent past that is taken for hung and ``working`` turns False, so its
+    ``KeepAlive`` stops vouching for it."""
+
+    def __init__(self, grace_s: float):
+        self.grace_s = grace_s
+        self._until = time.monotonic() + grace_s
+
+    def expect(self, seconds: float = 0.0) -> None:
+        """The loop is alive now, and its next phase may take ``seconds``."""
+        self._until = time.monotonic() + seconds + self.grace_s
+
+    def working(self) -> bool:
+        return time.monotonic() < self._until
+
+
 class KeepAlive:
     """A thread that calls ``beats`` every ``interval_s`` while a component's loop works or waits
     (backpressure, a slow batch, a weight load): liveness apart from progress. A frozen or dead

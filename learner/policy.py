@@ -132,6 +132,30 @@ def step_temperature(groups: list[ScoredGroup]) -> float:
 SUMS = ("loss", "clip_low", "clip_high", "ratio", "entropy", "kl", "abs_logprob_diff", "tokens", "padded")
 
 
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_checkpoint(directory: str, tag: str) -> None:
+    """Make ``tag`` the checkpoint a resume loads: its files durable first, then ``latest`` replaced
+    in one rename (a reader sees the old tag or the new, never a torn name or a half-written tag)."""
+    for root, _, files in os.walk(os.path.join(directory, tag)):
+        for name in files:
+            _fsync(os.path.join(root, name))
+        _fsync(root)
+    pointer = os.path.join(directory, "latest")
+    with open(pointer + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(tag)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(pointer + ".tmp", pointer)
+    _fsync(directory)
+
+
 @dataclass
 class StepBatch:
     """A step's sequences, padded on the right; ``rows``: this rank's, longest first."""
@@ -383,7 +407,13 @@ class PolicyTrainer:
             "numpy_rng": np.random.get_state(),
             "extra": extra or {},
         }
-        self.engine.save_checkpoint(directory, tag=f"step{self.step_count}", client_state=state)
+        tag = f"step{self.step_count}"
+        # DeepSpeed writes its ``latest`` pointer in place, after the files: a kill while it writes
+        # them leaves a torn or stale pointer. Ours goes last and atomically, once every file of the
+        # tag is on disk, so a checkpoint being written when the process died is never picked up
+        self.engine.save_checkpoint(directory, tag=tag, client_state=state, save_latest=False)
+        if self.rank == 0:
+            publish_checkpoint(directory, tag)
 
     def load_checkpoint(self, directory: str, tag: str | None = None) -> dict:
         path, state = self.engine.load_checkpoint(directory, tag=tag)

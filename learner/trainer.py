@@ -17,8 +17,16 @@ import json
 import time
 from pathlib import Path
 
-from broker.schemas import ScoredGroup, StepReport, WeightsPublished
-from broker.streams import Consumer, ControlChannel, connect, fetch_files
+from broker.schemas import LearnerProgress, ScoredGroup, StepReport, WeightsPublished
+from broker.streams import (
+    LOOP_GRACE_S,
+    Consumer,
+    ControlChannel,
+    KeepAlive,
+    WorkDeadline,
+    connect,
+    fetch_files,
+)
 from learner.mix import StepMix
 from learner.policy import PolicyTrainer
 from learner.weights import WeightPublisher
@@ -113,10 +121,29 @@ class Learner:
             tuple[int, str, bool]
         ] = []  # (step, problem id, solved) of unguided groups
         self.totals = {"data_wait_s": 0.0, "forward_backward_s": 0.0, "optimizer_s": 0.0, "broadcast_s": 0.0}
+        # liveness apart from progress, as the actors and workers have it: a thread beats while the
+        # loop's current phase is within its deadline (a step or checkpoint: learner.step_timeout_s; a
+        # broadcast or regroup: twice broadcast_timeout_s; a read: block_ms), so a long step is not a
+        # hang, and a hung learner goes silent and is named
+        self.phase = "idle"
+        self.deadline = WorkDeadline(LOOP_GRACE_S + config.broker.block_ms / 1000)
+        self.keepalive = KeepAlive(
+            "learner", config.progress_interval_s, [self._beat], working=self.deadline.working
+        )
 
     @property
     def version(self) -> int:
         return self.policy.version
+
+    def _enter(self, phase: str, seconds: float = 0.0) -> None:
+        """The loop starts ``phase``, which may take ``seconds`` (plus the grace)."""
+        self.phase = phase
+        self.deadline.expect(seconds)
+
+    def _beat(self) -> None:
+        self.control.publish(
+            LearnerProgress(component="learner", step=self.policy.step_count, phase=self.phase)
+        )
 
     # -- weights -------------------------------------------------------------------------------
     def regroup(self, actor_handles: list) -> dict:
@@ -156,7 +183,10 @@ class Learner:
         entry_ids = []
         deadline = time.monotonic() + self.cfg.data_timeout_s
         while not self.mix.ready():
+            if self.calls.pending():  # a regroup: a new weight group, then a broadcast
+                self._enter("broadcast", 2 * self.cfg.broadcast_timeout_s)
             self.calls.serve()
+            self._enter("collect")
             got = []
             if self._replay_pending:
                 got = self.consumer.read_own_pending(self.mix.size)
@@ -240,6 +270,7 @@ class Learner:
             "totals": self.totals,
             "reward_sums": self.reward_sums,
         }
+        self._enter("checkpoint", self.cfg.step_timeout_s)
         self.policy.save_checkpoint(str(self.checkpoint_dir), extra)
         self.consumer.ack(self._unacked)
         self._unacked = []
@@ -267,9 +298,11 @@ class Learner:
         """Train ``steps`` steps; each ends with a broadcast, a version bump and an acknowledgement."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.calls.running = True
+        self.keepalive.start()
         try:
             return self._run(steps)
         finally:
+            self.keepalive.stop()
             self.calls.running = False
             self.calls.serve()
 
@@ -280,6 +313,7 @@ class Learner:
                 start = time.monotonic()
                 groups, trained, entry_ids = self._collect_step()
                 data_wait_s = time.monotonic() - start
+                self._enter("train", self.cfg.step_timeout_s)
                 metrics = self.policy.train_step(trained)
                 if metrics.get("nonfinite"):
                     self._skip_nonfinite(trained, entry_ids)
@@ -325,6 +359,7 @@ class Learner:
     def _publish_weights(self) -> tuple[float, float, list[float]]:
         """Broadcast the new version to every actor (recovering through a regroup when one died
         mid-broadcast), then announce it; returns (seconds, learner checksum, actors' checksums)."""
+        self._enter("broadcast", 2 * self.cfg.broadcast_timeout_s)
         try:
             broadcast_s, num_bytes, sent, received = self.broadcast()
         except (RuntimeError, TimeoutError, OSError) as exc:  # deliberate: an actor died mid-broadcast

@@ -19,6 +19,7 @@ With pools.py (and pool.py for the offline passes) it is the only code that call
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -63,6 +64,37 @@ class _RedisUpkeep(StreamUpkeep):
             "redis_restarts": self.server.restarts if self.server is not None else 0,
             "stream_entries_trimmed": dict(self.trimmed),
         }
+
+
+class _RunDirLock:
+    """One launcher per run directory: ``pope train --resume`` while the run's first launcher still
+    runs would start a second Redis on its AOF and a second learner on its checkpoints. An exclusive
+    ``flock`` on ``launcher.lock``: the kernel drops it when the holder dies, however it dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "launcher.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> _RunDirLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ComponentFailed(
+                f"{self.path.parent} is in use by another pope train (pid {holder}): wait for it to end, "
+                "or stop it, before resuming this run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
 
 
 def local_ray_auth(environ=os.environ) -> str | None:
@@ -212,11 +244,12 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
     if resume and not (run_dir / "checkpoints" / "latest").is_file():
         raise ComponentFailed(f"cannot resume {run_dir}: no checkpoint there (learner.checkpoint_every > 0?)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ("config.resumed.yaml" if resume else "config.yaml")).write_text(dump_config(config))
     wall: dict[str, float] = {}
     t_start = time.monotonic()
 
     with ExitStack() as stack:
+        stack.enter_context(_RunDirLock(run_dir))
+        (run_dir / ("config.resumed.yaml" if resume else "config.yaml")).write_text(dump_config(config))
         redis_url, client, upkeep, control, metrics = _open_broker(stack, config, run_dir, printer)
         schedule, easy, model_path = _resolve_inputs(config, printer)
         printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
@@ -357,6 +390,7 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
     steps = config.learner.steps
     last_refresh = 0.0
     heard = {m.name: time.monotonic() for m in pools.actors + pools.workers}
+    heard["learner"] = time.monotonic()
     scaler = (
         LagAutoscaler(config.autoscale, config.broker.max_groups_in_flight)
         if config.autoscale.enabled
@@ -393,7 +427,7 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
             heard.update(
                 {m.name: time.monotonic() for m in pools.actors + pools.workers if m.name not in heard}
             )
-        live = {m.name for m in pools.actors + pools.workers}
+        live = {m.name for m in pools.actors + pools.workers} | {"learner"}
         for name, when in heard.items():
             if name in live and time.monotonic() - when > config.metrics.heartbeat_timeout_s:
                 raise ComponentFailed(
@@ -486,6 +520,8 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         "groups_in_flight_at_stop": counts["in_flight"],
         "groups_skipped": {reason: len(ids) for reason, ids in learner_result["skipped_group_ids"].items()},
         "groups_dead_lettered": counts["dead_lettered"],
+        # entries a preprocess worker took over from another that had held them past claim_idle_s
+        "groups_claimed": sum(s.claimed for s in pre_stats),
         "group_outcomes": counts,
         "dead_letters": {"by_reason": book.letters, "without_group_id": book.letters_without_group},
         "learner_version": learner_result["learner_version"],

@@ -208,6 +208,12 @@ class ActorsConfig(Section):
     max_restarts: int = Field(
         3, ge=0, description="Ray restarts of an actor that died; it then rejoins the broadcast."
     )
+    engine_call_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="The longest one engine call may take: an actor whose call runs past it is taken "
+        "for hung (its heartbeat stops, so metrics.heartbeat_timeout_s later names it).",
+    )
 
 
 REDACTED = "***"
@@ -373,6 +379,12 @@ class LearnerConfig(Section):
     data_timeout_s: float = Field(
         600.0, gt=0, description="The learner fails, naming the stream, when no data arrives for this long."
     )
+    step_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="The longest one training step or checkpoint may take: a learner past it is taken "
+        "for hung (its heartbeat stops, so metrics.heartbeat_timeout_s later names it).",
+    )
     save_checkpoint: bool = Field(True, description="Write the final model in Hugging Face format.")
     checkpoint_every: int = Field(
         10, ge=0, description="Save a resumable checkpoint every this many steps (and at the end); 0 = never."
@@ -508,33 +520,28 @@ class PopeConfig(Section):
             )
         return self
 
+    def _settings(self, settings: type[Section], **shared: Any) -> Any:
+        """``settings`` built from the sections of this config it names, and ``shared`` values."""
+        sections = {
+            name: getattr(self, name) for name in settings.model_fields if name in type(self).model_fields
+        }
+        return settings(**sections, **shared)
+
     def for_actors(self) -> ActorSettings:
-        return ActorSettings(
-            run=self.run,
-            model=self.model,
-            data=self.data,
-            actors=self.actors,
-            broker=self.broker,
+        return self._settings(
+            ActorSettings,
             groups_per_step=self.learner.groups_per_step,
             progress_interval_s=self.metrics.progress_interval_s,
         )
 
     def for_preprocess(self) -> PreprocessSettings:
-        return PreprocessSettings(
-            run=self.run,
-            broker=self.broker,
-            preprocess=self.preprocess,
-            progress_interval_s=self.metrics.progress_interval_s,
-        )
+        return self._settings(PreprocessSettings, progress_interval_s=self.metrics.progress_interval_s)
 
     def for_learner(self) -> LearnerSettings:
-        return LearnerSettings(
-            run=self.run,
-            model=self.model,
-            data=self.data,
-            broker=self.broker,
-            learner=self.learner,
+        return self._settings(
+            LearnerSettings,
             num_rollouts=self.actors.num_rollouts,
+            progress_interval_s=self.metrics.progress_interval_s,
         )
 
     def with_run_id(self) -> PopeConfig:
@@ -577,6 +584,7 @@ class LearnerSettings(Section):
     broker: BrokerConfig
     learner: LearnerConfig
     num_rollouts: int = Field(ge=1)
+    progress_interval_s: float = Field(gt=0)
 
 
 class ConfigError(ValueError):

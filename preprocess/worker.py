@@ -14,12 +14,19 @@ import time
 from dataclasses import dataclass, field
 
 from broker.schemas import PreprocessProgress, RolloutGroup, ScoredGroup, encode
-from broker.streams import Consumer, ControlChannel, KeepAlive, Producer, ProgressReporter, connect
+from broker.streams import (
+    LOOP_GRACE_S,
+    Consumer,
+    ControlChannel,
+    KeepAlive,
+    Producer,
+    ProgressReporter,
+    WorkDeadline,
+    connect,
+)
 from pope.config import PreprocessSettings
 from preprocess.advantages import group_advantages
 from preprocess.scoring import Verifier
-
-LOOP_GRACE_S = 10.0  # past what a loop step may take, before the loop is taken for hung
 
 
 @dataclass
@@ -69,17 +76,16 @@ class PreprocessWorker:
         self.claim_idle_ms = int(config.preprocess.claim_idle_s * 1000)
         self._held: set[str] = set()  # entries read and not yet acknowledged: kept fresh while worked on
         self._held_lock = threading.Lock()
+        # the loop's phases: a read (block_ms) or the group it scores (the verifier's deadline per
+        # rollout); a loop silent past its phase and a grace is hung: its thread stops vouching for it
+        self.deadline = WorkDeadline(LOOP_GRACE_S + config.broker.block_ms / 1000)
         # beats at least four times per claim_idle_s, so a working worker's entries are never claimed
         self.keepalive = KeepAlive(
             self.worker_id,
             min(config.progress_interval_s, config.preprocess.claim_idle_s / 4),
             [self._keep_held_fresh, lambda: self._report_progress(force=True)],
-            working=self._working,
+            working=self.deadline.working,
         )
-        # the loop's last sign of life, and until when the group it scores may take (the verifier's
-        # deadline per rollout): a loop silent past both is hung, and its thread stops vouching for it
-        self._alive_at = time.monotonic()
-        self._busy_until = 0.0
 
     def score_group(self, group: RolloutGroup) -> ScoredGroup:
         start = time.monotonic()
@@ -100,7 +106,7 @@ class PreprocessWorker:
 
     def process_once(self) -> int:
         """Read, score, publish and acknowledge up to ``groups_per_read`` groups; returns how many."""
-        self._alive_at = time.monotonic()
+        self.deadline.expect()
         count = self.config.preprocess.groups_per_read
         entries = self.consumer.read_own_pending(count) if not self._own_pending_done else []
         self._own_pending_done = self._own_pending_done or not entries
@@ -116,13 +122,9 @@ class PreprocessWorker:
             with self._held_lock:
                 self._held = set()
 
-    def _working(self) -> bool:
-        now = time.monotonic()
-        return now < max(self._alive_at + LOOP_GRACE_S + self.config.broker.block_ms / 1000, self._busy_until)
-
     def _alive(self) -> bool:
         """The backpressure wait's stop check, which also says the loop is alive."""
-        self._alive_at = time.monotonic()
+        self.deadline.expect()
         return self._stop.is_set()
 
     def _keep_held_fresh(self) -> None:
@@ -136,7 +138,7 @@ class PreprocessWorker:
             if not self.producer.wait_for_room(self._alive):
                 break  # stopping: the rest stay pending, counted as in flight
             budget = len(entry.message.rollouts) * self.config.preprocess.verify_timeout_s
-            self._busy_until = time.monotonic() + budget + LOOP_GRACE_S
+            self.deadline.expect(budget)
             try:
                 scored = self.score_group(entry.message)
             except ValueError as exc:  # deliberate: a malformed group is set aside with its reason, counted
@@ -149,7 +151,7 @@ class PreprocessWorker:
             self.producer.put(scored)
             self.consumer.ack([entry.entry_id])
             self.stats.groups_scored += 1
-            self._alive_at = time.monotonic()
+            self.deadline.expect()
             done.append(entry.entry_id)
         self.stats.dead_lettered = self.consumer.dead_lettered
         return len(done)

@@ -298,6 +298,68 @@ def test_supervised_embedded_redis_comes_back_with_its_state(tmp_path):
         server.stop()
 
 
+def test_an_embedded_redis_dies_with_the_process_that_started_it(tmp_path):
+    """A launcher SIGKILLed leaves no redis-server behind holding the run's AOF: the server gets
+    SIGTERM when its owner dies (PR_SET_PDEATHSIG), and exits within seconds."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    workdir = tmp_path / "redis"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from broker.embedded import EmbeddedRedis; "
+         f"s = EmbeddedRedis({str(workdir)!r}, persistence=True).start(); print(s.process.pid, flush=True); "
+         "time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        server = psutil.Process(int(owner.stdout.readline()))
+        assert server.name() == "redis-server" and (workdir / "redis.pid").read_text().strip() == str(
+            server.pid
+        )
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        gone, alive = psutil.wait_procs([server], timeout=10)
+        assert gone and not alive, "the redis-server outlived the process that started it"
+    finally:
+        owner.kill()
+
+
+def test_a_dead_owners_server_is_stopped_before_a_new_one_starts_on_its_directory(tmp_path):
+    """When a server did outlive its owner (no PR_SET_PDEATHSIG, e.g. not Linux), the next start in
+    that directory stops it first (its pid file, a redis-server working there): two servers never
+    share an AOF, and what the old one acknowledged is in the new one. A pid file naming another
+    program (a reused pid) is left alone."""
+    import os
+
+    import psutil
+
+    from broker.embedded import EmbeddedRedis, stop_stale_server
+
+    old = EmbeddedRedis(tmp_path / "redis", persistence=True).start()
+    try:
+        client = connect(old.url, socket_timeout_s=5, reconnect_timeout_s=2)
+        ensure_groups(client, "stale")
+        Producer(client, "stale", "rollouts", None, 100_000).put(make_group("actor0-0"))
+        client.close()
+        new = EmbeddedRedis(tmp_path / "redis", persistence=True).start()
+        try:
+            assert new.stale_stopped == old.process.pid
+            assert old.process.wait(timeout=5) == 0  # SIGTERM: it flushed and exited cleanly
+            again = connect(new.url, socket_timeout_s=5, reconnect_timeout_s=2)
+            assert generated_ids(again, "stale") == {"actor0-0"}
+            again.close()
+        finally:
+            new.stop()
+    finally:
+        old.stop()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "redis.pid").write_text(str(os.getpid()))  # this pytest: not a redis-server
+    assert stop_stale_server(tmp_path / "other") is None and psutil.pid_exists(os.getpid())
+
+
 def test_every_group_ends_in_exactly_one_outcome(redis_client, run_id):
     """The end-of-run books: eight groups written, each placed by hand below; a trained id that
     also went to the dead letters (scored twice) is trained; a copy trained twice is counted apart;

@@ -1,6 +1,7 @@
-"""Faults, for real: a component's process is killed mid-run (SIGKILL) and the run completes with
-every rollout group trained exactly once or counted in flight, none lost, none trained twice
-(counted by group id from the streams and the learner's log)."""
+"""Faults, for real: a component's process is killed (SIGKILL) or frozen (SIGSTOP) mid-run, the
+launcher itself killed, the learner killed inside a checkpoint write, two faults in one run; every
+run completes (or resumes) with every rollout group trained exactly once or counted in flight,
+none lost, none trained twice (counted by group id from the streams and the learner's log)."""
 
 from __future__ import annotations
 
@@ -112,8 +113,8 @@ def _own_processes():
     psutil.wait_procs(procs, timeout=15)
 
 
-@pytest.mark.parametrize("marker", ["RolloutActor", "PreprocessWorker"])
-def test_killed_component_is_restarted(tmp_path, marker):
+def test_killed_actor_is_restarted(tmp_path):
+    marker = "RolloutActor"
     run_id = f"chaos-{marker.lower()}"
     steps = 18
     proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
@@ -124,37 +125,93 @@ def test_killed_component_is_restarted(tmp_path, marker):
     text = log.read_text()
     assert "restarted and back in the run" in text
     summary = _check_exactly_once(tmp_path / run_id, steps, 2)
-    if marker == "RolloutActor":
-        incarnations = {
-            gid.rsplit("-", 1)[0] for gid in summary["trained_group_ids"] if gid.startswith("actor")
-        }
-        assert len(incarnations) >= 3, "the restarted actor's groups (a new incarnation) were not trained"
-        # group ids end with the prompt's position in the run's one sampler (actors claim positions
-        # from one counter): over every actor and incarnation, each position 0..n-1 appears once. The
-        # restarted actor asked exactly the positions the killed one had claimed and not written (a
-        # restart from scratch repeats positions, a skip leaves a gap)
-        accounted = summary["trained_group_ids"] + summary["in_flight_group_ids"]
-        accounted += [
-            g for reason, ids in summary["skipped_group_ids"].items() if reason != "duplicate" for g in ids
-        ]
-        positions = sorted(int(g.rsplit("-", 1)[1]) for g in accounted)
-        assert positions == list(range(len(positions))), positions
+    incarnations = {gid.rsplit("-", 1)[0] for gid in summary["trained_group_ids"] if gid.startswith("actor")}
+    assert len(incarnations) >= 3, "the restarted actor's groups (a new incarnation) were not trained"
+    # group ids end with the prompt's position in the run's one sampler (actors claim positions
+    # from one counter): over every actor and incarnation, each position 0..n-1 appears once. The
+    # restarted actor asked exactly the positions the killed one had claimed and not written (a
+    # restart from scratch repeats positions, a skip leaves a gap)
+    accounted = summary["trained_group_ids"] + summary["in_flight_group_ids"]
+    accounted += [
+        g for reason, ids in summary["skipped_group_ids"].items() if reason != "duplicate" for g in ids
+    ]
+    positions = sorted(int(g.rsplit("-", 1)[1]) for g in accounted)
+    assert positions == list(range(len(positions))), positions
 
 
-def test_killed_learner_resumes_exactly(tmp_path):
+def _latest(checkpoints: Path) -> str:
+    return (checkpoints / "latest").read_text() if (checkpoints / "latest").is_file() else ""
+
+
+def _kill_during_checkpoint_write(run_dir: Path, proc: subprocess.Popen, timeout_s: float = 300) -> int:
+    """SIGKILL the learner while it writes a checkpoint: when a new tag's folder appears, freeze the
+    learner (SIGSTOP) and look: the folder there and ``latest`` still naming the tag before it is a
+    write in progress, and the learner dies in it; a write already done is let go (SIGCONT) and the
+    next is tried. Returns the step of the checkpoint ``latest`` named at the kill."""
+    checkpoints, tried = run_dir / "checkpoints", set()
+    learner = _find_component("Learner")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        latest = _latest(checkpoints)
+        if not latest:  # the first checkpoint has none before it to resume from
+            time.sleep(0.002)
+            continue
+        step = int(latest.removeprefix("step"))
+        fresh = [d.name for d in checkpoints.glob("step*") if int(d.name[4:]) > step and d.name not in tried]
+        if not fresh:
+            time.sleep(0.002)
+            continue
+        learner.send_signal(signal.SIGSTOP)
+        if _latest(checkpoints) == latest:  # caught inside the write
+            learner.send_signal(signal.SIGKILL)
+            return int(latest.removeprefix("step"))
+        tried.update(fresh)
+        learner.send_signal(signal.SIGCONT)
+    raise AssertionError("never caught the learner inside a checkpoint write")
+
+
+def test_a_learner_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tmp_path):
+    """The learner SIGKILLed in the middle of writing a checkpoint: the half-written one is never
+    picked up (``latest`` is replaced only once every file of the new one is on disk); `pope train
+    --resume` continues from the one before and trains each group exactly once."""
     run_id = "chaos-learner"
     steps = 16
     proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
                        f"run.output_dir={tmp_path}")  # fmt: skip
-    _wait_for(log, r"step 5/", proc)
-    _kill_component("Learner")
+    _wait_for(log, r"step 3/", proc)
+    run_dir = tmp_path / run_id
+    before = _kill_during_checkpoint_write(run_dir, proc)
     assert proc.wait(timeout=300) != 0
     assert "learner" in log.read_text().lower()
-    run_dir = tmp_path / run_id
+    assert before >= 2 and before % 2 == 0  # checkpoint_every=2
+    tags = sorted(int(d.name.removeprefix("step")) for d in (run_dir / "checkpoints").glob("step*"))
+    assert (
+        tags[-1] > before == int(_latest(run_dir / "checkpoints").removeprefix("step"))
+    )  # half-written: not picked
     resumed, log2 = _train(tmp_path, run_id, "--resume", str(run_dir))
     assert resumed.wait(timeout=600) == 0, log2.read_text()[-5000:]
-    resumed_at = int(re.search(r"resumed from the checkpoint of step (\d+)", log2.read_text()).group(1))
-    assert 2 <= resumed_at < steps and resumed_at % 2 == 0  # checkpoint_every=2
+    assert f"resumed from the checkpoint of step {before}" in log2.read_text()
+    _check_exactly_once(run_dir, steps, 2)
+
+
+def test_a_killed_launcher_leaves_nothing_holding_the_run_and_the_run_resumes(tmp_path):
+    """The launcher itself SIGKILLed: its embedded redis-server dies with it (no server left holding
+    the run's AOF, none for the resume to stop), the run dir's lock is free, and `pope train
+    --resume` continues from the last checkpoint, each group trained exactly once."""
+    run_id = "chaos-launcher"
+    steps = 14
+    proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
+                       f"run.output_dir={tmp_path}")  # fmt: skip
+    _wait_for(log, r"step 5/", proc)
+    run_dir = tmp_path / run_id
+    server = _redis_process(run_dir)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs([server], timeout=15)
+    assert gone and not alive, "the run's redis-server outlived its launcher"
+    resumed, log2 = _train(tmp_path, run_id, "--resume", str(run_dir))
+    assert resumed.wait(timeout=600) == 0, log2.read_text()[-5000:]
+    assert re.search(r"resumed from the checkpoint of step [2-9]", log2.read_text())
     _check_exactly_once(run_dir, steps, 2)
 
 
@@ -200,31 +257,57 @@ def test_killed_redis_is_restarted_and_nothing_is_lost(tmp_path):
     )
 
 
+def _freeze_a_worker_holding_entries(run_dir: Path, tries: int = 40) -> psutil.Process:
+    """SIGSTOP one preprocess worker at a moment it holds rollout entries: freeze it, wait past its
+    keep-alive interval, and look for entries of the rollouts stream idle that long (a live
+    worker's are refreshed every second); none, and it is let go (SIGCONT) and tried again."""
+    from broker.streams import GROUPS, connect, stream_key
+
+    connection = json.loads((run_dir / "connection.json").read_text())
+    client = connect(connection["redis_url"], socket_timeout_s=5, reconnect_timeout_s=10)
+    key = stream_key(connection["run_id"], "rollouts")
+    worker = _find_component("PreprocessWorker")
+    try:
+        for _ in range(tries):
+            worker.send_signal(signal.SIGSTOP)
+            time.sleep(2.5)
+            if client.xpending_range(key, GROUPS["rollouts"], "-", "+", 10, idle=2000):
+                return worker
+            worker.send_signal(signal.SIGCONT)
+            time.sleep(0.3)
+    finally:
+        client.close()
+    raise AssertionError(f"the worker held no entries in {tries} tries")
+
+
 def test_a_frozen_worker_loses_its_entries_and_its_late_copies_are_not_trained(tmp_path):
-    """A preprocess worker frozen (SIGSTOP) for three times preprocess.claim_idle_s, then resumed
-    (SIGCONT): while it is frozen its thread cannot keep its entries fresh, so the other worker
-    claims and scores them; when it wakes it finishes its batch too, and the learner trains each
-    group id once (the copies are counted, not trained). Nothing lost, the books add up."""
+    """A preprocess worker frozen (SIGSTOP) while it holds entries, for three times
+    preprocess.claim_idle_s, then resumed (SIGCONT): while it is frozen its thread cannot keep its
+    entries fresh, so the other worker claims and scores them; when it wakes it finishes its batch
+    too, and the learner trains each group id once (the copies are counted, not trained). Nothing
+    lost, the books add up."""
     run_id = "chaos-sigstop"
-    steps = 14
+    steps = 40  # about 15 s of training: the run outlasts the freeze and the claim
     proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
                        f"run.output_dir={tmp_path}", "preprocess.num_workers=2")  # fmt: skip
     _wait_for(log, r"step 3/", proc)
-    worker = _find_component("PreprocessWorker")
-    worker.send_signal(signal.SIGSTOP)
-    time.sleep(15)  # claim_idle_s=5: its entries are claimed meanwhile
+    worker = _freeze_a_worker_holding_entries(tmp_path / run_id)
+    time.sleep(12.5)  # claim_idle_s=5: its entries are claimed meanwhile
     worker.send_signal(signal.SIGCONT)
     assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
     summary = _check_exactly_once(tmp_path / run_id, steps, 2)
     assert summary["groups_dead_lettered"] == 0, summary["dead_lettered_group_ids"]
+    assert summary["groups_claimed"] >= 1  # the frozen worker's entries were taken over
 
 
-def test_redis_frozen_past_the_socket_timeout_and_the_run_goes_on(tmp_path):
-    """The embedded redis-server frozen (SIGSTOP) for three socket timeouts, then resumed: every
-    client's call times out and is retried within broker.reconnect_timeout_s, nothing waits forever,
-    and every group is trained once, counted in flight or set aside; none lost."""
-    run_id = "chaos-redis-frozen"
-    steps = 12
+def test_two_faults_in_one_run_redis_frozen_then_a_worker_killed(tmp_path):
+    """Two faults in one run: the embedded redis-server frozen (SIGSTOP) for three socket timeouts,
+    then resumed (every client's call times out and is retried within broker.reconnect_timeout_s,
+    nothing waits forever, the supervisor leaves a frozen server alone); a few steps later a
+    preprocess worker SIGKILLed (Ray restarts it, its pending entries are finished). Every group is
+    trained once, counted in flight or set aside; none lost."""
+    run_id = "chaos-two-faults"
+    steps = 16
     proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
                        f"run.output_dir={tmp_path}", "broker.socket_timeout_s=2",
                        "broker.reconnect_timeout_s=60")  # fmt: skip
@@ -233,6 +316,9 @@ def test_redis_frozen_past_the_socket_timeout_and_the_run_goes_on(tmp_path):
     server.send_signal(signal.SIGSTOP)
     time.sleep(6)
     server.send_signal(signal.SIGCONT)
+    _wait_for(log, r"step 7/", proc)
+    _kill_component("PreprocessWorker")
     assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    assert "restarted and back in the run" in log.read_text()
     summary = _check_exactly_once(tmp_path / run_id, steps, 2)
     assert summary["redis_restarts"] == 0  # frozen, not dead: the supervisor left it alone

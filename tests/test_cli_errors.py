@@ -107,3 +107,40 @@ def test_embedded_redis_files_are_private(tmp_path):
         assert mode(tmp_path / "redis" / "redis.conf") == 0o600
         written = [p for p in (tmp_path / "redis").rglob("*") if p.is_file() and p.name != "redis.conf"]
         assert written and all(mode(p) == 0o600 for p in written), [(p.name, oct(mode(p))) for p in written]
+
+
+def test_a_run_dir_in_use_is_refused_naming_the_launcher_and_freed_when_it_dies(tmp_path, capsys):
+    """`pope train --resume` while the run's launcher lives would start a second Redis on its AOF
+    and a second learner on its checkpoints: refused in one line naming the holder's pid. A
+    SIGKILLed holder frees the directory (the lock is the kernel's)."""
+    import signal
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "r1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest").write_text("step2")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, pathlib; from orchestrator.launcher import _RunDirLock; "
+         f"lock = _RunDirLock(pathlib.Path({str(run_dir)!r})).__enter__(); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = load_config("configs/demo_cpu_hf.yaml", ["run.run_id=r1", f"run.output_dir={tmp_path}"])
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        argv = ["train", "--resume", str(run_dir), "metrics.enabled=false"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"pope train: {run_dir} is in use by another pope train (pid {holder.pid}): wait for it to end, "
+            "or stop it, before resuming this run"
+        )
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        from orchestrator.launcher import _RunDirLock
+
+        with _RunDirLock(run_dir):  # free again
+            assert (run_dir / "launcher.lock").read_text() == str(os.getpid())
+    finally:
+        holder.kill()

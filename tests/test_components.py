@@ -343,3 +343,139 @@ def test_a_hung_worker_loop_stops_its_beats_and_loses_its_entries(
         release.set()
         loop.join(timeout=30)
         worker.close()
+
+
+def _beats(redis_client, run_id: str, kind) -> list[tuple[float, object]]:
+    """(seconds since the epoch, message) of every ``kind`` heartbeat on the run's control stream."""
+    from broker.schemas import decode
+    from broker.streams import FIELD, ControlChannel
+
+    entries = redis_client.xrange(ControlChannel(redis_client, run_id).key)
+    messages = [(int(i.decode().split("-")[0]) / 1000, decode(f[FIELD])) for i, f in entries]
+    return [(t, m) for t, m in messages if isinstance(m, kind)]
+
+
+def test_an_actor_whose_engine_call_runs_past_its_deadline_goes_silent(
+    config, redis_server, redis_client, tiny_model_path, monkeypatch
+):
+    """A hung engine call is not vouched for forever: the keep-alive thread beats while the call is
+    within actors.engine_call_timeout_s (1 s here) plus the grace (0.5 s), then stops, so the
+    launcher's heartbeat deadline names the actor."""
+    import threading
+
+    import actors.actor as actor_module
+    from broker.schemas import ActorProgress
+
+    monkeypatch.setattr(actor_module, "LOOP_GRACE_S", 0.5)
+    ensure_groups(redis_client, config.run.run_id)
+    problems = run_problems(config.data, config.run.seed)
+    settings = config.for_actors().model_copy(
+        update={
+            "progress_interval_s": 0.2,
+            "actors": config.actors.model_copy(update={"engine_call_timeout_s": 1.0}),
+        }
+    )
+    actor = actor_module.RolloutActor(settings, 0, tiny_model_path, redis_server.url, problems)
+    real_generate, window = actor.engine.generate, []
+
+    def hung_generate(*args, **kwargs):
+        window.append(time.time())
+        time.sleep(4.0)
+        actor.stop()
+        return real_generate(*args, **kwargs)
+
+    actor.engine.generate = hung_generate
+    loop = threading.Thread(target=actor.run)
+    loop.start()
+    loop.join(timeout=120)
+    actor.close()
+    assert not loop.is_alive() and window
+    beats = [t for t, _ in _beats(redis_client, config.run.run_id, ActorProgress)]
+    start = window[0]
+    assert [t for t in beats if start + 0.3 < t < start + 1.2], beats  # within its deadline: beating
+    # past 1 + 0.5 s (and a second's slack for a loaded machine) and until the call ends: silent
+    assert not [t - start for t in beats if start + 2.5 < t < start + 4.0]
+
+
+def _learner_with_a_hung_step(
+    settings, model_path: str, redis_url: str, run_dir: str, port: int, window
+) -> None:
+    """In a process of its own (DeepSpeed keeps one learner's groups per process): a learner whose
+    training step sleeps 5 s before the real one, as a hung step would; appends the step's start."""
+    import os
+
+    import learner.trainer as trainer_module
+
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    trainer_module.LOOP_GRACE_S = 0.5
+    learner = trainer_module.Learner(settings, model_path, redis_url, run_dir, [])
+    real_step = learner.policy.train_step
+
+    def hung_step(groups):
+        window.append(time.time())
+        time.sleep(5.0)
+        return real_step(groups)
+
+    learner.policy.train_step = hung_step
+    try:
+        learner.run(1)
+    finally:
+        learner.close()
+
+
+def test_the_learner_beats_while_it_waits_and_trains_and_goes_silent_when_a_step_hangs(
+    config, redis_server, redis_client, tiny_model_path
+):
+    """The learner has a heartbeat too: while it waits for data (2 s) and through a step within
+    learner.step_timeout_s (1.5 s here) plus the grace (0.5 s); a step that runs past both (5 s)
+    silences it, and the launcher's heartbeat deadline then names it."""
+    import multiprocessing
+
+    from broker.embedded import free_port
+    from broker.schemas import LearnerProgress
+
+    run_id = config.run.run_id
+    ensure_groups(redis_client, run_id)
+    settings = config.for_learner().model_copy(
+        update={
+            "progress_interval_s": 0.2,
+            "learner": config.learner.model_copy(update={"step_timeout_s": 1.5}),
+        }
+    )
+    context = multiprocessing.get_context("spawn")
+    window = context.Manager().list()
+    args = (
+        settings,
+        tiny_model_path,
+        redis_server.url,
+        str(config.run.output_dir / run_id),
+        free_port(),
+        window,
+    )
+    child = context.Process(target=_learner_with_a_hung_step, args=args)
+    child.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not _beats(redis_client, run_id, LearnerProgress):  # DeepSpeed is up, the loop has begun
+            assert time.monotonic() < deadline and child.is_alive(), "the learner never beat"
+            time.sleep(0.1)
+        started = time.time()
+        time.sleep(2.0)  # no data yet: the learner waits, and says it is alive
+        train = Producer(redis_client, run_id, "train", max_in_flight=None, maxlen=None)
+        for gid, variant in [("u0", "unguided"), ("u1", "unguided"), ("g0", "guided"), ("g1", "guided")]:
+            texts = ["$\\boxed{7}$", "$\\boxed{1}$"]
+            train.put(ScoredGroup(group=_group(run_id, gid, variant, texts), rewards=[1.0, 0.0],
+                                  advantages=[0.5, -0.5], verdicts=["correct", "wrong"], worker_id="w"))  # fmt: skip
+        child.join(timeout=120)
+        assert child.exitcode == 0 and len(window) == 1
+    finally:
+        child.kill()
+    beats = _beats(redis_client, run_id, LearnerProgress)
+    waiting = [t for t, m in beats if m.phase == "collect" and started < t < started + 2.0]
+    assert len(waiting) >= 5, beats  # every 0.2 s of the 2 s wait, less the edges
+    start = window[0]
+    assert [t for t, m in beats if m.phase == "train" and start < t < start + 1.5], beats
+    # past 1.5 + 0.5 s (and a second's slack for a loaded machine) and until the step ends: silent
+    assert not [(t - start, m.phase) for t, m in beats if start + 3.0 < t < start + 5.0]

@@ -167,7 +167,15 @@ def test_each_component_gets_its_sections_and_the_values_it_shares():
         "progress_interval_s",
     }
     assert set(type(workers).model_fields) == {"run", "broker", "preprocess", "progress_interval_s"}
-    assert set(type(learner).model_fields) == {"run", "model", "data", "broker", "learner", "num_rollouts"}
+    assert set(type(learner).model_fields) == {
+        "run",
+        "model",
+        "data",
+        "broker",
+        "learner",
+        "num_rollouts",
+        "progress_interval_s",
+    }
     assert (actors.groups_per_step, actors.progress_interval_s, actors.actors) == (3, 2.5, config.actors)
     assert (workers.progress_interval_s, workers.preprocess) == (2.5, config.preprocess)
-    assert (learner.num_rollouts, learner.learner) == (4, config.learner)
+    assert (learner.num_rollouts, learner.progress_interval_s, learner.learner) == (4, 2.5, config.learner)
