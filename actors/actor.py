@@ -92,6 +92,7 @@ class RolloutActor:
         # a restarted actor (Ray max_restarts) starts a new incarnation: its group ids never repeat
         self.incarnation = secrets.token_hex(3)
         self.deadline = WorkDeadline(LOOP_GRACE_S)  # until when the loop's current phase may last
+        self.stream = None  # continuous generation (actors.generation): the engine's step interface
         if redis_url is None:
             return
         if not problems:
@@ -118,6 +119,8 @@ class RolloutActor:
         )
         # a restarted (or resumed) actor first asks what it had claimed and not written
         self._redo = list(self.claims.unfinished(self.actor_id))
+        if config.actors.continuous:
+            self.stream = self.engine.continuous()
 
     def policy_version(self) -> int:
         """The weight version the engine holds."""
@@ -158,6 +161,8 @@ class RolloutActor:
             self.stats.weight_load_s += time.monotonic() - start
             self.deadline.expect()
         self.version = version
+        if self.stream is not None:  # between two decoding steps: later tokens are this version's
+            self.stream.weights_changed(version)
         self.stats.weight_updates += 1
         return checksum
 
@@ -171,87 +176,157 @@ class RolloutActor:
             return positions
         return list(self.claims.claim(self.actor_id, n))
 
-    def generate_once(self) -> list[RolloutGroup]:
-        """One engine call: ``prompts_per_call`` prompts, G rollouts each, one seed per request."""
+    def _specs(self, positions: list[int]):
+        """The prompt specs at ``positions``, their rendered token ids, and one seed per request."""
         cfg = self.config.actors
-        specs = [self.schedule.at(position) for position in self._next_positions()]
-        texts = [render_prompt(self.tokenizer, spec, self.config.data) for spec in specs]
-        prompt_ids = [self.encode(t) for t in texts]
-        settings = SamplingSettings(
+        specs = [self.schedule.at(position) for position in positions]
+        prompt_ids = [self.encode(render_prompt(self.tokenizer, spec, self.config.data)) for spec in specs]
+        seeds = tuple(request_seed(self.config.run.seed, s.position, cfg.num_rollouts) for s in specs)
+        return specs, prompt_ids, seeds
+
+    def _sampling(self, seeds: tuple[int, ...]) -> SamplingSettings:
+        cfg = self.config.actors
+        return SamplingSettings(
             num_rollouts=cfg.num_rollouts,
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            seeds=tuple(request_seed(self.config.run.seed, s.position, cfg.num_rollouts) for s in specs),
+            seeds=seeds,
         )
+
+    def generate_once(self) -> list[RolloutGroup]:
+        """One engine call: ``prompts_per_call`` prompts, G rollouts each, one seed per request."""
+        specs, prompt_ids, seeds = self._specs(self._next_positions())
+        settings = self._sampling(seeds)
         version = self.version
         start = time.monotonic()
-        self.deadline.expect(cfg.engine_call_timeout_s)
+        self.deadline.expect(self.config.actors.engine_call_timeout_s)
         samples = self.engine.generate(prompt_ids, settings)
         self.deadline.expect()
         elapsed = time.monotonic() - start
         self.stats.generate_s += elapsed
-        groups = []
-        for spec, ids, seed, group_samples in zip(specs, prompt_ids, settings.seeds, samples, strict=True):
-            rollouts = [
-                Rollout(
-                    completion_ids=PackedArray.of(s.token_ids, "int32"),
-                    behaviour_logprobs=PackedArray.of(s.logprobs, "float32"),
-                    text=self.tokenizer.decode(s.token_ids, skip_special_tokens=True),
-                    finish_reason=s.finish_reason,
-                )
-                for s in group_samples
-            ]
-            group = RolloutGroup(
-                run_id=self.run_id,
-                group_id=f"{self.actor_id}-{self.incarnation}-{spec.position:07d}",
-                problem_id=spec.problem.problem_id,
-                variant=spec.variant,
-                position=spec.position,
-                pair=spec.pair,
-                seed=seed,
-                prefix_units=spec.prefix_units,
-                prefix_tokens=len(self.encode(spec.prefix_text)) if spec.prefix_units else 0,
-                answer=spec.problem.answer,
-                prompt_ids=PackedArray.of(ids, "int32"),
-                rollouts=rollouts,
-                temperature=cfg.temperature,
-                max_new_tokens=cfg.max_new_tokens,
-                policy_version_start=version,
-                policy_version_end=self.version,
-                actor_id=self.actor_id,
-                sampled_at=time.time(),
-                generate_s=elapsed,
+        return [
+            self._group(spec, ids, seed, group_samples, (version, self.version), None, elapsed)
+            for spec, ids, seed, group_samples in zip(specs, prompt_ids, seeds, samples, strict=True)
+        ]
+
+    def _group(self, spec, prompt_ids, seed, samples, versions, version_from, generate_s) -> RolloutGroup:
+        """One prompt's rollouts as a message; ``version_from`` per rollout (continuous generation)."""
+        cfg = self.config.actors
+        rollouts = [
+            Rollout(
+                completion_ids=PackedArray.of(s.token_ids, "int32"),
+                behaviour_logprobs=PackedArray.of(s.logprobs, "float32"),
+                text=self.tokenizer.decode(s.token_ids, skip_special_tokens=True),
+                finish_reason=s.finish_reason,
+                version_from=version_from[i] if version_from else [],
             )
-            groups.append(group)
-        return groups
+            for i, s in enumerate(samples)
+        ]
+        return RolloutGroup(
+            run_id=self.run_id,
+            group_id=f"{self.actor_id}-{self.incarnation}-{spec.position:07d}",
+            problem_id=spec.problem.problem_id,
+            variant=spec.variant,
+            position=spec.position,
+            pair=spec.pair,
+            seed=seed,
+            prefix_units=spec.prefix_units,
+            prefix_tokens=len(self.encode(spec.prefix_text)) if spec.prefix_units else 0,
+            answer=spec.problem.answer,
+            prompt_ids=PackedArray.of(prompt_ids, "int32"),
+            rollouts=rollouts,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens,
+            policy_version_start=versions[0],
+            policy_version_end=versions[1],
+            actor_id=self.actor_id,
+            sampled_at=time.time(),
+            generate_s=generate_s,
+        )
+
+    def _write(self, group: RolloutGroup) -> None:
+        self.producer.put(group, (self.actor_id, group.position + 1))
+        self.stats.groups_produced += 1
+        self.stats.completions += len(group.rollouts)
+        self.stats.completion_tokens += sum(len(r.completion_ids) for r in group.rollouts)
+        self.stats.group_ids.append(group.group_id)
 
     def run(self) -> ActorStats:
-        """Generate until stopped; weights load between engine calls."""
+        """Generate until stopped: per engine call (weights load between calls), or continuously
+        (``actors.generation``: weights load between two decoding steps)."""
         self.calls.running = True
         self.keepalive.start()
         try:
-            while not self._stop.is_set():
-                self.deadline.expect()
-                self.calls.serve()
-                before = self.producer.wait_s
-                if not self.producer.wait_for_room(self._idle_tick, sleep=self._sleep_until_call):
-                    break
-                self.stats.backpressure_wait_s += self.producer.wait_s - before
-                self.calls.serve()
-                for group in self.generate_once():
-                    self.producer.put(group, (self.actor_id, group.position + 1))
-                    self.stats.groups_produced += 1
-                    self.stats.completions += len(group.rollouts)
-                    self.stats.completion_tokens += sum(len(r.completion_ids) for r in group.rollouts)
-                    self.stats.group_ids.append(group.group_id)
-                self._report_progress()
+            if self.stream is not None:
+                self._run_continuous()
+            else:
+                self._run_per_call()
         finally:
             self.keepalive.stop()
             self.calls.running = False
             self.calls.serve()
             self._report_progress(force=True)
         return self.stats
+
+    def _run_per_call(self) -> None:
+        while not self._stop.is_set():
+            self.deadline.expect()
+            self.calls.serve()
+            before = self.producer.wait_s
+            if not self.producer.wait_for_room(self._idle_tick, sleep=self._sleep_until_call):
+                break
+            self.stats.backpressure_wait_s += self.producer.wait_s - before
+            self.calls.serve()
+            for group in self.generate_once():
+                self._write(group)
+            self._report_progress()
+
+    def _run_continuous(self) -> None:
+        """The engine steps while there is anything to decode; between two steps it serves weight
+        updates (in flight: running sequences go on under the new version) and adds groups while
+        the engine has room (``max_num_seqs`` sequences) and the stream has room (backpressure
+        pauses adding, not the engine; the groups this actor generates count against the bound).
+        Finished groups are written in position order (a restarted actor redoes what it claimed and
+        did not write)."""
+        cfg = self.config.actors
+        stream = self.stream
+        capacity = max(1, cfg.engine.max_num_seqs // cfg.num_rollouts)
+        queued: list[int] = []  # claimed positions not yet submitted
+        order: list[int] = []  # submitted positions, rising: the order they are written in
+        done: dict[int, RolloutGroup] = {}
+        submitted: dict[str, tuple] = {}  # key -> (spec, prompt ids, seed, submitted at)
+        while not self._stop.is_set():
+            self.deadline.expect()
+            self.calls.serve()
+            while stream.groups_running < capacity and self.producer.has_room(coming=len(order)):
+                if not queued:
+                    queued = self._next_positions()
+                (spec,), (ids,), (seed,) = self._specs(queued[:1])
+                queued = queued[1:]
+                key = f"{spec.position}"
+                stream.submit(key, ids, self._sampling((seed,)), seed)
+                submitted[key] = (spec, ids, seed, time.monotonic())
+                order.append(spec.position)
+            if not stream.groups_running:  # nothing to decode: the stream is full, or stopping
+                before = self.producer.wait_s
+                self.producer.wait_for_room(self._idle_tick, sleep=self._sleep_until_call)
+                self.stats.backpressure_wait_s += self.producer.wait_s - before
+                continue
+            self.deadline.expect(cfg.engine_call_timeout_s)
+            start = time.monotonic()
+            finished = stream.step()
+            self.stats.generate_s += time.monotonic() - start
+            for group in finished:
+                spec, ids, seed, since = submitted.pop(group.key)
+                versions = (group.first_version, group.last_version)
+                done[spec.position] = self._group(
+                    spec, ids, seed, group.samples, versions, group.versions, time.monotonic() - since
+                )
+            while order and order[0] in done:
+                self._write(done.pop(order.pop(0)))
+            self._report_progress()
+        stream.abort_all()  # stopping: what runs is dropped, its positions stay claimed, unwritten
 
     def _report_progress(self, force: bool = False) -> None:
         self.progress.report(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from actors.continuous import ContinuousGeneration
 from actors.engine import Sample, SamplingSettings
 from pope.weight_sync import TensorMeta, broadcast_tensors, checksum, make_group
 
@@ -32,11 +33,15 @@ class WeightReceiver:
         received = list(
             broadcast_tensors(self._pope_group, metas, None, timeout_s, device=device, buffers=buffers)
         )
-        self.model_runner.reload_weights(weights_iterator=iter(received), is_checkpoint_format=True)
-        self._pope_retie_lm_head()
+        self.pope_load_weights(received)
         value = checksum(received)
         self._pope_keep_buffers_if_unaliased(buffers)
         return value
+
+    def pope_load_weights(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """Load ``named`` (Hugging Face names) in place, between two decoding steps."""
+        self.model_runner.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
+        self._pope_retie_lm_head()
 
     def _pope_keep_buffers_if_unaliased(self, buffers: dict | None) -> None:
         """Reusing the buffers is safe only while the model holds copies of what it loaded.
@@ -83,13 +88,12 @@ class VLLMEngine:
 
         # read by vLLM as it builds the engine below (see VLLMEngineConfig)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = engine_config.cpu_omp_threads_bind
-        multiprocessing = engine_config.multiprocessing
-        if multiprocessing is None:
-            import torch
-
-            multiprocessing = torch.cuda.is_available()
+        on_gpu = torch.cuda.is_available()
+        multiprocessing = on_gpu if engine_config.multiprocessing is None else engine_config.multiprocessing
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
 
+        self.kv_after_update = engine_config.kv_after_update
+        self._continuous: ContinuousGeneration | None = None
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -101,6 +105,19 @@ class VLLMEngine:
             max_model_len=engine_config.max_model_len,
             max_num_seqs=engine_config.max_num_seqs,
             enforce_eager=engine_config.enforce_eager,
+            # keeping the KV cache over a weight update: no new request may reuse a stale block
+            enable_prefix_caching=engine_config.kv_after_update == "recompute",
+            # vLLM-CPU 0.32 fails a step where a seeded request is partly prefilled ("CPU Generator
+            # does not use offset"): on CPU every prefill is whole (the token budget holds the
+            # longest sequence), so no seeded request is ever split
+            **(
+                {}
+                if on_gpu
+                else {
+                    "enable_chunked_prefill": False,
+                    "max_num_batched_tokens": max(2048, engine_config.max_model_len),
+                }
+            ),
             logprobs_mode="processed_logprobs",
             worker_extension_cls="actors.vllm_engine.WeightReceiver",
         )
@@ -132,18 +149,37 @@ class VLLMEngine:
             results.append(group)
         return results
 
+    def continuous(self) -> ContinuousGeneration:
+        """This engine's continuous interface (``actors.continuous``): submit groups, step, load
+        weights between steps."""
+        if self._continuous is None:
+            self._continuous = ContinuousGeneration(self.llm.llm_engine, self.kv_after_update)
+        return self._continuous
+
+    def load_weights(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """Load weights given as tensors in this process (an in-process engine: a checkpoint, a test)."""
+        self.llm.collective_rpc("pope_load_weights", args=(named,))
+        self._after_load()
+
     def init_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
         self.llm.collective_rpc("pope_init_weight_group", args=(host, port, rank, world_size, timeout_s))
 
     def receive_weights(self, metas: list[TensorMeta], timeout_s: float) -> float:
         wire = [(m.name, list(m.shape), m.dtype) for m in metas]
         (received,) = self.llm.collective_rpc("pope_receive_weights", args=(wire, timeout_s))
-        # KV blocks cached under the old weights must not serve new requests
-        if not self.llm.reset_prefix_cache():
+        self._after_load()
+        return received
+
+    def _after_load(self) -> None:
+        """KV blocks cached under the old weights must not serve new requests. With sequences
+        running (continuous generation), ``ContinuousGeneration.weights_changed`` recomputes or
+        keeps their KV; with none, the prefix cache is reset here."""
+        if self._continuous is not None and self._continuous.sequences_running:
+            return
+        if self.kv_after_update == "recompute" and not self.llm.reset_prefix_cache():
             raise RuntimeError(
                 "vLLM could not reset its prefix cache after a weight update (blocks still in use)"
             )
-        return received
 
     def greedy_logprobs(self, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float]]:
         from vllm import SamplingParams

@@ -62,6 +62,12 @@ class Rollout(DataMessage):
     )
     text: str = Field(description="Decoded completion.")
     finish_reason: str = Field(description="'stop' (end token) or 'length' (budget reached).")
+    version_from: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="(first token index, policy version) where the version that sampled the tokens "
+        "changed (continuous generation: weights load between decoding steps); empty: every token "
+        "was sampled under the group's policy_version_start.",
+    )
 
 
 class RolloutGroup(DataMessage):
@@ -110,6 +116,21 @@ class RolloutGroup(DataMessage):
             if len(r.behaviour_logprobs) != len(r.completion_ids):
                 raise ValueError(
                     f"rollout {i}: {len(r.behaviour_logprobs)} behaviour logprobs for {len(r.completion_ids)} tokens"
+                )
+            if r.version_from and not (
+                r.version_from[0][0] == 0
+                and all(
+                    a[0] < b[0] and a[1] < b[1]
+                    for a, b in zip(r.version_from, r.version_from[1:], strict=False)
+                )
+                and r.version_from[-1][0] < max(1, len(r.completion_ids))
+                and self.policy_version_start <= r.version_from[0][1]
+                and r.version_from[-1][1] <= self.policy_version_end
+            ):
+                raise ValueError(
+                    f"rollout {i}: version_from {r.version_from} is not a rising run of (token index, "
+                    f"version) from index 0, within its {len(r.completion_ids)} tokens and versions "
+                    f"{self.policy_version_start}..{self.policy_version_end}"
                 )
         for dtype in {r.behaviour_logprobs.dtype for r in self.rollouts}:
             data = b"".join(

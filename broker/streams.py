@@ -110,11 +110,23 @@ def sampler_position(client, run_id: str, producer: str) -> int:
     return int(client.hget(sampler_key(run_id), producer) or 0)
 
 
+# a producer's claims: ranges "start stop start stop ..." in claim order (rising); those wholly below
+# its next unwritten position are dropped; with none left, the marker moves to the new claim
 _CLAIM = """
-local stop = redis.call('HINCRBY', KEYS[1], '__next__', ARGV[2])
-local start = stop - tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1] .. ':claim', start .. ' ' .. stop)
-redis.call('HSET', KEYS[1], ARGV[1], start)
+local n = tonumber(ARGV[2])
+local stop = redis.call('HINCRBY', KEYS[1], '__next__', n)
+local start = stop - n
+local written = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or start)
+local kept = {}
+local old = redis.call('HGET', KEYS[1], ARGV[1] .. ':claim')
+if old then
+  for s, e in string.gmatch(old, '(%d+) (%d+)') do
+    if tonumber(e) > written then table.insert(kept, s .. ' ' .. e) end
+  end
+end
+if #kept == 0 then redis.call('HSET', KEYS[1], ARGV[1], start) end
+table.insert(kept, start .. ' ' .. stop)
+redis.call('HSET', KEYS[1], ARGV[1] .. ':claim', table.concat(kept, ' '))
 return start
 """
 
@@ -123,9 +135,11 @@ class PositionClaims:
     """The run's sampler positions, handed out from one counter in ``sampler_key``.
 
     ``claim(producer, n)`` takes the next n positions for ``producer`` (atomically: one Lua script);
-    ``Producer.put`` records, with each group, the position after it (the producer's next unwritten
-    position). ``unfinished(producer)`` is what a restarted producer claimed and never wrote: it
-    asks those first, so every position is written exactly once, a restart included."""
+    a producer may hold several claims at once (a continuous actor claims more before the last is
+    written), and writes its groups in position order. ``Producer.put`` records, with each group,
+    the position after it (the producer's next unwritten position). ``unfinished(producer)`` is what
+    a restarted producer claimed and never wrote: it asks those first, so every position is written
+    exactly once, a restart included."""
 
     def __init__(self, client: redis.Redis, run_id: str):
         self.client, self.key = client, sampler_key(run_id)
@@ -135,12 +149,17 @@ class PositionClaims:
         start = int(self._script(keys=[self.key], args=[producer, n]))
         return range(start, start + n)
 
-    def unfinished(self, producer: str) -> range:
+    def unfinished(self, producer: str) -> list[int]:
         claim, written = self.client.hmget(self.key, [f"{producer}:claim", producer])
         if claim is None:
-            return range(0)
-        start, stop = (int(x) for x in _s(claim).split())
-        return range(max(start, int(written or start)), stop)
+            return []
+        bounds = [int(x) for x in _s(claim).split()]
+        after = int(written) if written is not None else bounds[0]
+        return [
+            p
+            for start, stop in zip(bounds[::2], bounds[1::2], strict=True)
+            for p in range(max(start, after), stop)
+        ]
 
     def claimed(self) -> int:
         """Positions handed out so far (all producers)."""
@@ -326,6 +345,11 @@ class Producer:
         self.maxlen = maxlen
         self.wait_s = 0.0  # total time spent waiting on backpressure
         self._cap = client.register_script(_CAP)
+
+    def has_room(self, coming: int = 0) -> bool:
+        """Whether one more group fits under the bound now, besides ``coming`` groups this producer
+        is generating and has not written yet (no wait)."""
+        return self.max_in_flight is None or self._in_flight() + coming < self.max_in_flight
 
     def wait_for_room(
         self,

