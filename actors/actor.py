@@ -285,13 +285,14 @@ class RolloutActor:
     def _run_continuous(self) -> None:
         """The engine steps while there is anything to decode; between two steps it serves weight
         updates (in flight: running sequences go on under the new version) and adds groups while
-        the engine has room (``max_num_seqs`` sequences) and the stream has room (backpressure
+        the engine has room (``max_num_seqs`` sequences, and one group waiting) and the stream has room (backpressure
         pauses adding, not the engine; the groups this actor generates count against the bound).
         Finished groups are written in position order (a restarted actor redoes what it claimed and
         did not write)."""
         cfg = self.config.actors
         stream = self.stream
-        capacity = max(1, cfg.engine.max_num_seqs // cfg.num_rollouts)
+        # vLLM refills a sequence's slot the step it ends: keep up to one group waiting in its queue
+        capacity = cfg.engine.max_num_seqs + cfg.num_rollouts
         queued: list[int] = []  # claimed positions not yet submitted
         order: list[int] = []  # submitted positions, rising: the order they are written in
         done: dict[int, RolloutGroup] = {}
@@ -299,7 +300,7 @@ class RolloutActor:
         while not self._stop.is_set():
             self.deadline.expect()
             self.calls.serve()
-            while stream.groups_running < capacity and self.producer.has_room(coming=len(order)):
+            while stream.sequences_running < capacity and self.producer.has_room(coming=len(order)):
                 if not queued:
                     queued = self._next_positions()
                 (spec,), (ids,), (seed,) = self._specs(queued[:1])

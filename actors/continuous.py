@@ -92,6 +92,7 @@ class ContinuousGeneration:
                 max_tokens=settings.max_new_tokens,
                 logprobs=0,  # the sampled token's own logprob
                 seed=seed + index,
+                ignore_eos=not settings.stop_at_eos,
                 output_kind=RequestOutputKind.DELTA,
             )
             self.engine.add_request(f"{key}/{index}", {"prompt_token_ids": prompt_ids}, params)

@@ -28,6 +28,7 @@ class SamplingSettings:
     temperature: float
     top_p: float
     seeds: tuple[int, ...]  # one per prompt: rollout i of prompt j samples with seeds[j] + i
+    stop_at_eos: bool = True  # False: every rollout runs to max_new_tokens (benchmarks; vLLM only)
 
     def seed_of(self, index: int, num_prompts: int) -> int:
         if len(self.seeds) != num_prompts:

@@ -135,6 +135,7 @@ class VLLMEngine:
                 max_tokens=settings.max_new_tokens,
                 logprobs=0,  # the sampled token's own logprob
                 seed=settings.seed_of(index, len(prompts)),
+                ignore_eos=not settings.stop_at_eos,
             )
             for index in range(len(prompts))
         ]

