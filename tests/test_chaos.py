@@ -139,6 +139,34 @@ def test_killed_actor_is_restarted(tmp_path):
     assert positions == list(range(len(positions))), positions
 
 
+def test_a_killed_continuous_actor_is_restarted_and_redoes_every_position_it_had_claimed(tmp_path):
+    """The vLLM actor generating continuously (several claims held at once, groups written in
+    position order) SIGKILLed mid-run: Ray restarts it, it redoes every position it had claimed and
+    not written, and every group is trained exactly once or counted in flight. Positions never
+    repeat; the only ones never written are those the actors were generating when the run stopped
+    (at most, per actor, the groups in its engine and its claim: 2 + 1 + 2 here)."""
+    run_id = "chaos-continuous"
+    steps = 18
+    proc, log = _train(tmp_path, run_id, "--config", "configs/demo_cpu.yaml", *COMMON[2:], f"learner.steps={steps}",
+                       f"run.run_id={run_id}", f"run.output_dir={tmp_path}", "actors.engine.max_num_seqs=16",
+                       "actors.generation=continuous")  # fmt: skip
+    _wait_for(log, r"step 3/", proc)
+    _kill_component("RolloutActor")
+    assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    assert "restarted and back in the run" in log.read_text()
+    summary = _check_exactly_once(tmp_path / run_id, steps, 2)
+    accounted = summary["trained_group_ids"] + summary["in_flight_group_ids"]
+    accounted += [
+        g for reason, ids in summary["skipped_group_ids"].items() if reason != "duplicate" for g in ids
+    ]
+    positions = sorted(int(g.rsplit("-", 1)[1]) for g in accounted)
+    assert len(positions) == len(set(positions)), "a position was written twice"
+    missing = sorted(set(range(positions[-1] + 1)) - set(positions))
+    tail = 2 * (16 // 8 + 1 + 2)
+    assert all(p > positions[-1] - len(positions) // 2 for p in missing), missing  # none left early on
+    assert len(missing) <= tail, missing
+
+
 def _latest(checkpoints: Path) -> str:
     return (checkpoints / "latest").read_text() if (checkpoints / "latest").is_file() else ""
 
