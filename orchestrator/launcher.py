@@ -522,6 +522,7 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         "groups_dead_lettered": counts["dead_lettered"],
         # entries a preprocess worker took over from another that had held them past claim_idle_s
         "groups_claimed": sum(s.claimed for s in pre_stats),
+        "rollouts_reasoning_unclosed": sum(s.reasoning_unclosed for s in pre_stats),
         "group_outcomes": counts,
         "dead_letters": {"by_reason": book.letters, "without_group_id": book.letters_without_group},
         "learner_version": learner_result["learner_version"],

@@ -40,7 +40,10 @@ class GenerationPool(AbstractContextManager):
         ray.get([a.__ray_ready__.remote() for a in self.actors])
         self.tokenizer = ray.get(self.actors[0].get_tokenizer.remote())
         workers = max(1, self.config.preprocess.num_workers)
-        self.verifiers = [Verifier(self.config.preprocess.verify_timeout_s) for _ in range(workers)]
+        self.verifiers = [
+            Verifier(self.config.preprocess.verify_timeout_s, self.config.preprocess.reasoning_delimiter)
+            for _ in range(workers)
+        ]
         self._seed_offset = 0  # rollout i of a request samples with seed + i: requests never overlap
 
     def generate(self, prompts: list[str], num_samples: int, max_new_tokens: int, chunk: int | None = None):

@@ -115,6 +115,11 @@ class DataConfig(Section):
         "the end of the user turn after a header. Either way it is prompt: no loss on its tokens.",
     )
     instruction_version: str = Field("pope-v1", description="Key of pope.instructions.INSTRUCTIONS.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the tokenizer's chat template, e.g. {enable_thinking: true} "
+        "for a model whose template switches its reasoning on or off.",
+    )
     system_prompt: str | None = Field(None, description="Overrides the version's unguided instruction.")
     guided_instruction: str | None = Field(None, description="Overrides the version's guided instruction.")
 
@@ -314,6 +319,13 @@ class PreprocessConfig(Section):
         5.0, gt=0, description="Deadline of one math-verify call; the worker process is killed past it."
     )
     groups_per_read: int = Field(4, ge=1, description="Rollout groups a worker reads per stream call.")
+    reasoning_delimiter: str | None = Field(
+        None,
+        min_length=1,
+        description="For models that think before answering (e.g. '</think>'): only the text after its "
+        "last occurrence is scored; a completion without it (still thinking at the budget) has no answer "
+        "and is scored wrong, counted as reasoning_unclosed.",
+    )
     advantage: Literal["group_mean", "leave_one_out", "passk"] = Field(
         "group_mean",
         description="Advantage estimator within a group: r - mean(r); leave-one-out r_i - mean(r_-i); or the "

@@ -58,7 +58,9 @@ def render_prompt(tokenizer, spec: PromptSpec, data: DataConfig) -> str:
         in_user = bool(shown) and data.prefix_placement == "user_end"
         template = version["user_template_guided" if in_user else "user_template"]
         messages = [{"role": "user", "content": template.format(problem=spec.problem.problem, prefix=shown)}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **data.chat_template_kwargs
+        )
         return text + shown if shown and not in_user else text
     user = spec.problem.problem
     if shown and data.prefix_placement == "user_end":
@@ -67,7 +69,9 @@ def render_prompt(tokenizer, spec: PromptSpec, data: DataConfig) -> str:
         {"role": "system", "content": data.instruction(spec.variant)},
         {"role": "user", "content": user},
     ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **data.chat_template_kwargs
+    )
     if shown and data.prefix_placement == "assistant_start":
         text += shown
     return text

@@ -24,13 +24,26 @@ class ScoringStats:
     restarts: int = 0
     busy_s: float = 0.0
     last_errors: list[str] = field(default_factory=list)
+    reasoning_unclosed: int = 0  # completions without the reasoning delimiter: scored wrong, unverified
+
+
+def answer_text(completion: str, reasoning_delimiter: str | None) -> str | None:
+    """What is scored: the completion after its reasoning (after the last ``reasoning_delimiter``);
+    None when a delimiter is configured and the completion never closed its reasoning."""
+    if reasoning_delimiter is None:
+        return completion
+    head, found, tail = completion.rpartition(reasoning_delimiter)
+    return tail if found else None
 
 
 class Verifier:
     """``score_batch`` returns (reward, verdict) per completion, each within ``timeout_s``."""
 
-    def __init__(self, timeout_s: float = 5.0):
+    def __init__(self, timeout_s: float = 5.0, reasoning_delimiter: str | None = None):
+        """``reasoning_delimiter``: only the text after its last occurrence is scored (the answer of a
+        model that thinks first); a completion without it is scored wrong unverified."""
         self.timeout_s = timeout_s
+        self.reasoning_delimiter = reasoning_delimiter
         self.stats = ScoringStats()
         self._runner = MathVerifyRunner("verify", timeout_s)
         self._runner.start()  # math-verify's imports and grammars while the caller sets up
@@ -45,8 +58,11 @@ class Verifier:
         import time
 
         start = time.monotonic()
+        answers = [(gold, answer_text(completion, self.reasoning_delimiter)) for gold, completion in pairs]
+        self.stats.reasoning_unclosed += sum(answer is None for _, answer in answers)
         try:
-            return [self._verdict(outcome) for outcome in self._runner.run(list(pairs))]
+            outcomes = iter(self._runner.run([(g, a) for g, a in answers if a is not None]))
+            return [(0.0, "wrong") if a is None else self._verdict(next(outcomes)) for _, a in answers]
         finally:
             self.stats.busy_s += time.monotonic() - start
             self.stats.restarts = self._runner.restarts

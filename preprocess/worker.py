@@ -40,6 +40,7 @@ class PreprocessStats:
     score_s: float = 0.0
     dead_lettered: int = 0
     claimed: int = 0
+    reasoning_unclosed: int = 0  # rollouts without preprocess.reasoning_delimiter: scored wrong
 
 
 class PreprocessWorker:
@@ -69,7 +70,7 @@ class PreprocessWorker:
         self.progress = ProgressReporter(
             ControlChannel(self.client, self.run_id), self.worker_id, config.progress_interval_s
         )
-        self.verifier = Verifier(config.preprocess.verify_timeout_s)
+        self.verifier = Verifier(config.preprocess.verify_timeout_s, config.preprocess.reasoning_delimiter)
         self.stats = PreprocessStats()
         self._stop = threading.Event()
         self._own_pending_done = False  # a restarted worker first finishes what it had read
@@ -99,6 +100,7 @@ class PreprocessWorker:
         if max(rewards) == min(rewards):
             self.stats.zero_variance_groups += 1
         self.stats.score_s += time.monotonic() - start
+        self.stats.reasoning_unclosed = self.verifier.stats.reasoning_unclosed
         self.stats.rollouts_scored += len(rewards)
         return ScoredGroup(
             group=group, rewards=rewards, advantages=advantages, verdicts=verdicts, worker_id=self.worker_id

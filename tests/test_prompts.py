@@ -1,5 +1,6 @@
 """Prompt construction and the sampler, on the built-in problems and the real solutions in ../shared/data."""
 
+import copy
 import json
 from collections import Counter
 
@@ -218,3 +219,20 @@ def test_one_instruction_version_makes_guided_the_unguided_prompt_plus_the_prefi
             guided = render_prompt(tokenizer, PromptSpec(problem, "guided", units), data)
             unguided = render_prompt(tokenizer, PromptSpec(problem, "unguided", 0), data)
             assert guided == unguided + prefix_text(problem, units)
+
+
+def test_chat_template_keyword_arguments_reach_the_template(tokenizer):
+    """data.chat_template_kwargs go to the tokenizer's chat template: a real tokenizer given a
+    template that switches a thinking block on (as Qwen3's enable_thinking does) renders it only
+    when asked."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking %}<think>{% endif %}{% endif %}"
+    )
+    problem = builtin_arithmetic(1, seed=0)[0]
+    spec = PromptSpec(problem, "unguided", 0)
+    thinking = render_prompt(tokenizer, spec, DataConfig(chat_template_kwargs={"enable_thinking": True}))
+    plain = render_prompt(tokenizer, spec, DataConfig())
+    assert thinking.endswith("<|assistant|><think>") and plain.endswith("<|assistant|>")
+    assert thinking.removesuffix("<think>") == plain

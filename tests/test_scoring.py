@@ -89,3 +89,24 @@ def test_one_gold_wrapper_for_validation_and_scoring():
     to wrap $$x$$ and \\[x\\] differently)."""
     for raw in ("x^2", "$x^2$", "$$x^2$$", "\\[x^2\\]", "\\(x^2\\)", "  $x^2$ "):
         assert wrap_gold(raw) == "$x^2$", raw
+
+
+def test_a_thinking_models_reasoning_is_stripped_before_scoring():
+    """With preprocess.reasoning_delimiter '</think>': a boxed number inside the reasoning does not
+    count, the answer after the last delimiter does; a completion still thinking at the budget (no
+    delimiter) is wrong without being verified, and counted. Real math-verify."""
+    from preprocess.scoring import answer_text
+
+    assert answer_text("a</think>b</think> c", "</think>") == " c"
+    assert answer_text("no delimiter", "</think>") is None and answer_text("x", None) == "x"
+    completions = [
+        "<think>maybe $\\boxed{5}$</think> so the answer is $\\boxed{7}$",  # right after thinking
+        "<think>it is $\\boxed{7}$</think> no, $\\boxed{5}$",  # right only inside the reasoning
+        "<think>still going, $\\boxed{7}$",  # never closed
+    ]
+    with Verifier(timeout_s=5.0, reasoning_delimiter="</think>") as thinking:
+        scored = thinking.score_batch([("7", c) for c in completions])
+        assert scored == [(1.0, "correct"), (0.0, "wrong"), (0.0, "wrong")]
+        assert thinking.stats.reasoning_unclosed == 1 and thinking.stats.verified == 2
+    with Verifier(timeout_s=5.0) as plain:  # without the delimiter the last boxed answer counts
+        assert [r for r, _ in plain.score_batch([("7", c) for c in completions])] == [1.0, 0.0, 1.0]
