@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -138,6 +139,24 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rotate_checkpoints(directory: str, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest ``step<N>`` checkpoints (by N) in ``directory``, never the
+    one ``latest`` names, nor one newer than it (being written); returns the tags deleted."""
+    import shutil
+
+    latest = Path(directory, "latest").read_text().strip()
+    newest = int(latest.removeprefix("step"))
+    tags = sorted(
+        (int(p.name[4:]), p.name)
+        for p in Path(directory).iterdir()
+        if p.is_dir() and p.name.startswith("step") and p.name[4:].isdigit() and int(p.name[4:]) <= newest
+    )
+    doomed = [name for _, name in tags[:-keep] if name != latest]
+    for name in doomed:
+        shutil.rmtree(Path(directory, name))
+    return doomed
 
 
 def publish_checkpoint(directory: str, tag: str) -> None:
@@ -414,6 +433,7 @@ class PolicyTrainer:
         self.engine.save_checkpoint(directory, tag=tag, client_state=state, save_latest=False)
         if self.rank == 0:
             publish_checkpoint(directory, tag)
+            rotate_checkpoints(directory, self.cfg.keep_checkpoints)
 
     def load_checkpoint(self, directory: str, tag: str | None = None) -> dict:
         path, state = self.engine.load_checkpoint(directory, tag=tag)

@@ -425,6 +425,13 @@ class LearnerConfig(Section):
     checkpoint_every: int = Field(
         10, ge=0, description="Save a resumable checkpoint every this many steps (and at the end); 0 = never."
     )
+    keep_checkpoints: int = Field(
+        2,
+        ge=1,
+        le=10_000,
+        description="Resumable checkpoints kept on disk, newest first; older ones are deleted once a "
+        "newer one is complete (the one a resume would load is never deleted).",
+    )
     max_nonfinite_steps: int = Field(
         3,
         ge=1,
