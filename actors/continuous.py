@@ -8,10 +8,10 @@ children of one request, so a group samples the same tokens as ``LLM.generate`` 
 and each is tagged with the policy version the engine held when it was sampled. A group comes back
 from ``step`` as soon as its G rollouts are done.
 
-A weight update between two steps (``set_version`` after the load) changes the policy under the
-running sequences. Their behaviour logprobs stay those of the tokens as sampled: each token's
+A weight update between two steps (the engine loads in place, then ``weights_changed``) changes
+the policy under the running sequences. Their behaviour logprobs stay those of the tokens as sampled: each token's
 logprob is the one the sampling distribution gave it, under the version that sampled it. What the
-running sequences' KV cache holds is the choice of ``kv_after_update``:
+running sequences' KV cache holds is the engine's ``kv_after_update`` (``VLLMEngine._after_load``):
 
 - ``recompute``: every running sequence is preempted and its KV recomputed under the new weights
   (vLLM's ``reset_prefix_cache(reset_running_requests=True)``), so each token after the update is
@@ -29,8 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.engine import Sample, SamplingSettings
-
-KV_AFTER_UPDATE = ("recompute", "keep")
 
 
 @dataclass
@@ -50,23 +48,18 @@ class FinishedGroup:
 
     @property
     def first_version(self) -> int:
-        return min(v[0][1] for v in self.versions if v)
+        return min(v[0][1] for v in self.versions)
 
     @property
     def last_version(self) -> int:
-        return max(v[-1][1] for v in self.versions if v)
+        return max(v[-1][1] for v in self.versions)
 
 
 class ContinuousGeneration:
-    def __init__(self, llm_engine, kv_after_update: str = "recompute"):
-        if kv_after_update not in KV_AFTER_UPDATE:
-            raise ValueError(f"kv_after_update {kv_after_update!r}: one of {KV_AFTER_UPDATE}")
+    def __init__(self, llm_engine):
         self.engine = llm_engine
-        self.kv_after_update = kv_after_update
         self.version = 0
         self._groups: dict[str, list[_Rollout]] = {}
-        self.steps = 0  # decoding steps run
-        self.idle_steps = 0  # calls to step with nothing to decode
 
     @property
     def groups_running(self) -> int:
@@ -100,9 +93,7 @@ class ContinuousGeneration:
     def step(self) -> list[FinishedGroup]:
         """One decoding step of every running sequence; the groups it completed."""
         if not self.engine.has_unfinished_requests():
-            self.idle_steps += 1
             return []
-        self.steps += 1
         finished = []
         for output in self.engine.step():
             key, index = output.request_id.rsplit("/", 1)
@@ -134,16 +125,12 @@ class ContinuousGeneration:
 
     def weights_changed(self, version: int) -> None:
         """Call right after new weights were loaded (between two steps): tokens from now on are
-        ``version``'s; under ``recompute`` the running sequences' KV is recomputed with them."""
+        ``version``'s."""
         self.version = version
-        if self.kv_after_update == "recompute":
-            self.engine.reset_prefix_cache(reset_running_requests=True)
 
-    def abort_all(self) -> list[str]:
-        """Drop every running group (stopping); returns their keys."""
-        keys = list(self._groups)
-        ids = [f"{key}/{i}" for key in keys for i in range(len(self._groups[key]))]
+    def abort_all(self) -> None:
+        """Drop every running group (stopping)."""
+        ids = [f"{key}/{i}" for key, rollouts in self._groups.items() for i in range(len(rollouts))]
         if ids:
             self.engine.abort_request(ids)
         self._groups.clear()
-        return keys

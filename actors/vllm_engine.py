@@ -154,7 +154,7 @@ class VLLMEngine:
         """This engine's continuous interface (``actors.continuous``): submit groups, step, load
         weights between steps."""
         if self._continuous is None:
-            self._continuous = ContinuousGeneration(self.llm.llm_engine, self.kv_after_update)
+            self._continuous = ContinuousGeneration(self.llm.llm_engine)
         return self._continuous
 
     def load_weights(self, named: list[tuple[str, torch.Tensor]]) -> None:
@@ -172,15 +172,14 @@ class VLLMEngine:
         return received
 
     def _after_load(self) -> None:
-        """KV blocks cached under the old weights must not serve new requests. With sequences
-        running (continuous generation), ``ContinuousGeneration.weights_changed`` recomputes or
-        keeps their KV; with none, the prefix cache is reset here."""
-        if self._continuous is not None and self._continuous.sequences_running:
+        """KV computed under the old weights: under ``recompute`` the prefix cache is reset and the
+        sequences still running (continuous generation) are preempted, so their KV is recomputed
+        with the new weights; under ``keep`` it stays (prefix caching is off, so no new request
+        reuses a stale block)."""
+        if self.kv_after_update == "keep":
             return
-        if self.kv_after_update == "recompute" and not self.llm.reset_prefix_cache():
-            raise RuntimeError(
-                "vLLM could not reset its prefix cache after a weight update (blocks still in use)"
-            )
+        if not self.llm.llm_engine.reset_prefix_cache(reset_running_requests=True):
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update")
 
     def greedy_logprobs(self, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float]]:
         from vllm import SamplingParams

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -141,12 +142,9 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def rotate_checkpoints(directory: str, keep: int) -> list[str]:
-    """Delete all but the ``keep`` newest ``step<N>`` checkpoints (by N) in ``directory``, never the
-    one ``latest`` names, nor one newer than it (being written); returns the tags deleted."""
-    import shutil
-
-    latest = Path(directory, "latest").read_text().strip()
+def rotate_checkpoints(directory: str, latest: str, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest ``step<N>`` checkpoints (by N) in ``directory``, never
+    ``latest`` (the tag a resume loads) nor one newer than it (being written); returns the tags deleted."""
     newest = int(latest.removeprefix("step"))
     tags = sorted(
         (int(p.name[4:]), p.name)
@@ -433,7 +431,7 @@ class PolicyTrainer:
         self.engine.save_checkpoint(directory, tag=tag, client_state=state, save_latest=False)
         if self.rank == 0:
             publish_checkpoint(directory, tag)
-            rotate_checkpoints(directory, self.cfg.keep_checkpoints)
+            rotate_checkpoints(directory, tag, self.cfg.keep_checkpoints)
 
     def load_checkpoint(self, directory: str, tag: str | None = None) -> dict:
         path, state = self.engine.load_checkpoint(directory, tag=tag)

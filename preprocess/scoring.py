@@ -32,7 +32,7 @@ def answer_text(completion: str, reasoning_delimiter: str | None) -> str | None:
     None when a delimiter is configured and the completion never closed its reasoning."""
     if reasoning_delimiter is None:
         return completion
-    head, found, tail = completion.rpartition(reasoning_delimiter)
+    _, found, tail = completion.rpartition(reasoning_delimiter)
     return tail if found else None
 
 

@@ -19,7 +19,7 @@ def test_rotation_keeps_the_newest_and_never_the_loaded_or_the_half_written(tmp_
         (tmp_path / tag).mkdir()
         (tmp_path / tag / "mp_rank_00_model_states.pt").write_bytes(b"x")
     (tmp_path / "latest").write_text("step6")
-    deleted = rotate_checkpoints(str(tmp_path), keep)
+    deleted = rotate_checkpoints(str(tmp_path), "step6", keep)
     remaining = sorted((p.name for p in tmp_path.iterdir() if p.is_dir()), key=lambda n: int(n[4:]))
     assert remaining == left
     assert sorted(deleted, key=lambda n: int(n[4:])) == [
