@@ -40,7 +40,6 @@ from pope.loop_calls import LoopCalls
 from pope.models.folder import ModelFolder, local_folder
 from pope.problems import Problem
 from pope.prompts import PromptSchedule, render_prompt, request_seed
-from pope.weight_sync import TensorMeta
 
 
 @dataclass
@@ -80,8 +79,9 @@ class RolloutActor:
         fetch = None if self.client is None else (lambda key: fetch_files(self.client, key))
         model_path = local_folder(model_path, config.model.cache_dir, fetch)
         self.engine = make_engine(
-            config.actors.engine, model_path, config.run.seed + actor_index, config.model.dtype
-        )
+            config.actors.engine, model_path, config.run.seed + actor_index, config.model.dtype,
+            config.weight_transfer,
+        )  # fmt: skip
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -135,28 +135,24 @@ class RolloutActor:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # -- weights -------------------------------------------------------------------------------
-    def init_weight_group(
-        self, host: str, port: int, world_size: int, timeout_s: float, rank: int | None = None
-    ) -> None:
-        """Join (or re-join, after the pool was resized) the learner's weight-broadcast group."""
-        rank = self.actor_index + 1 if rank is None else rank
-        self.calls.call(
-            lambda: self.engine.init_weight_group(host, port, rank, world_size, timeout_s),
-            "joining",
+    def init_weight_transfer(self, init_info: dict, timeout_s: float) -> None:
+        """Join (or re-join, after the pool was resized) the learner's weight-transfer group;
+        ``init_info`` is the backend's, with this actor's ``rank_offset`` (learner/weights.py)."""
+        self.calls.call(lambda: self.engine.init_weight_transfer(init_info), "joining", timeout_s)
+
+    def update_weights(self, version: int, update_info: dict, timeout_s: float) -> float | None:
+        """Receive one update (the backend's update info); the checksum of what was loaded (gloo)."""
+        return self.calls.call(
+            lambda: self._load_weights(version, update_info, timeout_s),
+            f"loading weights v{version}",
             timeout_s,
         )
 
-    def update_weights(self, version: int, metas: list[TensorMeta], timeout_s: float) -> float:
-        """Receive one broadcast; returns the checksum of what was loaded."""
-        return self.calls.call(
-            lambda: self._load_weights(version, metas, timeout_s), f"loading weights v{version}", timeout_s
-        )
-
-    def _load_weights(self, version: int, metas: list[TensorMeta], timeout_s: float) -> float:
+    def _load_weights(self, version: int, update_info: dict, timeout_s: float) -> float | None:
         start = time.monotonic()
         self.deadline.expect(timeout_s)
         try:
-            checksum = self.engine.receive_weights(metas, timeout_s)
+            checksum = self.engine.update_weights(update_info)
         finally:
             self.stats.weight_load_s += time.monotonic() - start
             self.deadline.expect()

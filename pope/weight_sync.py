@@ -1,7 +1,8 @@
-"""Moving weights from the learner to the actors over a process group of their own.
+"""Moving weights from the learner to the actors over a gloo group of their own (the ``gloo``
+weight-transfer backend; on GPUs vLLM's own ``nccl`` and ``ipc`` backends do the moving).
 
 The group is separate from DeepSpeed's default group: rank 0 is the learner (it hosts the
-TCPStore), ranks 1..N are the actors' engine processes. gloo, through host memory, on CPU and GPU alike.
+TCPStore), ranks 1..N are the actors' engine processes; gloo goes through host memory.
 
 A broadcast sends tensors in buckets: tensors of one dtype are packed into a flat buffer of at
 most ``bucket_bytes`` and sent with one collective, so a small model costs a few calls, not one
@@ -35,13 +36,58 @@ class TensorMeta:
         return n
 
 
+@dataclass
+class GlooInitInfo:
+    """The gloo backend's init info (vLLM's weight-transfer API carries it as a dict): where the
+    learner's group is and the receiver's place in it. Engine worker w of an actor joins as
+    ``rank_offset + w``; ``world_size`` counts the learner (rank 0) and every engine worker."""
+
+    master_address: str
+    master_port: int
+    rank_offset: int
+    world_size: int
+    timeout_s: float
+
+
+@dataclass
+class GlooUpdateInfo:
+    """The gloo backend's update info: one broadcast of every tensor, by Hugging Face name, dtype
+    name (a key of ``_DTYPES``) and shape, in the sender's order (the field names are vLLM's)."""
+
+    names: list[str]
+    dtype_names: list[str]
+    shapes: list[list[int]]
+    timeout_s: float
+
+    def __post_init__(self) -> None:
+        if not len(self.names) == len(self.dtype_names) == len(self.shapes):
+            raise ValueError(
+                f"weight update info: {len(self.names)} names, {len(self.dtype_names)} dtypes and "
+                f"{len(self.shapes)} shapes: give one of each per tensor"
+            )
+        unknown = sorted(set(self.dtype_names) - set(_DTYPES))
+        if unknown:
+            raise ValueError(f"weight update info: dtypes {unknown} not among {sorted(_DTYPES)}")
+
+    @classmethod
+    def of(cls, metas: list[TensorMeta], timeout_s: float) -> GlooUpdateInfo:
+        return cls(
+            [m.name for m in metas], [m.dtype for m in metas], [list(m.shape) for m in metas], timeout_s
+        )
+
+    def metas(self) -> list[TensorMeta]:
+        return [
+            TensorMeta(n, tuple(s), d)
+            for n, d, s in zip(self.names, self.dtype_names, self.shapes, strict=True)
+        ]
+
+
 def meta_of(named: Iterable[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
     return [TensorMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named]
 
 
 def make_group(host: str, port: int, rank: int, world_size: int, timeout_s: float):
-    """A gloo process group that does not touch torch.distributed's default group. Weights go over
-    gloo through host memory on every machine, GPUs included (no NCCL transfer yet). Rank 0 hosts
+    """A gloo process group that does not touch torch.distributed's default group. Rank 0 hosts
     the group's TCPStore on ``host`` only (127.0.0.1 on a local run)."""
     timeout = timedelta(seconds=timeout_s)
     listener = None

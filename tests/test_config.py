@@ -165,6 +165,7 @@ def test_each_component_gets_its_sections_and_the_values_it_shares():
         "broker",
         "groups_per_step",
         "progress_interval_s",
+        "weight_transfer",
     }
     assert set(type(workers).model_fields) == {"run", "broker", "preprocess", "progress_interval_s"}
     assert set(type(learner).model_fields) == {
@@ -175,6 +176,7 @@ def test_each_component_gets_its_sections_and_the_values_it_shares():
         "learner",
         "num_rollouts",
         "progress_interval_s",
+        "weight_transfer",
     }
     assert (actors.groups_per_step, actors.progress_interval_s, actors.actors) == (3, 2.5, config.actors)
     assert (workers.progress_interval_s, workers.preprocess) == (2.5, config.preprocess)
@@ -188,3 +190,58 @@ def test_generation_auto_is_continuous_on_vllm_and_per_call_on_hf_and_continuous
     assert not load_config("configs/demo_cpu.yaml", ["actors.generation=per_call"]).actors.continuous
     with pytest.raises(ConfigError, match="actors.generation=continuous needs actors.engine.type=vllm"):
         load_config("configs/demo_cpu_hf.yaml", ["actors.generation=continuous"])
+
+
+@pytest.mark.parametrize(
+    ("choice", "engine", "learner_gpus", "actor_gpus", "actors", "expected"),
+    [
+        ("auto", "vllm", 0, 0, 2, "gloo"),  # CPU
+        ("auto", "vllm", 1, 0, 2, "gloo"),  # actors on CPU
+        ("auto", "vllm", 1, 1, 2, "nccl"),  # GPU to GPU
+        ("auto", "hf", 1, 1, 2, "gloo"),  # the HF engine receives over gloo only
+        ("auto", "vllm", 0.5, 0.5, 1, "nccl"),  # never ipc unasked
+        ("ipc", "vllm", 0.5, 0.5, 1, "ipc"),
+        ("nccl", "vllm", 1, 1, 4, "nccl"),
+        ("gloo", "vllm", 1, 1, 4, "gloo"),
+    ],
+)
+def test_the_weight_transfer_backend_follows_the_devices(
+    choice, engine, learner_gpus, actor_gpus, actors, expected
+):
+    from pope.config import select_weight_transfer
+
+    assert select_weight_transfer(choice, engine, learner_gpus, actor_gpus, actors) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["learner.weight_transfer=nccl"], "needs GPUs on both ends"),
+        (
+            [
+                "learner.weight_transfer=nccl",
+                "learner.num_gpus=1",
+                "actors.num_gpus=1",
+                "actors.engine.type=hf",
+            ],
+            "needs actors.engine.type=vllm",
+        ),
+        (
+            ["learner.weight_transfer=ipc", "learner.num_gpus=1", "actors.num_gpus=1", "actors.num_actors=1"],
+            "sharing the learner's GPU",
+        ),
+        (
+            ["learner.weight_transfer=ipc", "learner.num_gpus=0.5", "actors.num_gpus=0.5"],
+            "sharing the learner's GPU",
+        ),
+    ],
+)
+def test_a_weight_transfer_that_does_not_fit_the_devices_is_refused(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, overrides)
+
+
+def test_the_resolved_backend_reaches_the_actors_and_the_learner():
+    config = load_config(None, ["learner.num_gpus=1", "actors.num_gpus=1"])
+    assert config.for_actors().weight_transfer == config.for_learner().weight_transfer == "nccl"
+    assert load_config(None).for_actors().weight_transfer == "gloo"
