@@ -98,10 +98,15 @@ class StreamUpkeep:
             self.trimmed[stream] += trim_acknowledged(self.client, self.run_id, stream)
 
     def waiting(self) -> tuple[int, int]:
-        """Groups waiting to be trained, and of those the unscored: rollouts lag + pending, plus scored
-        but unread (train lag); trained entries pending until the next checkpoint are not waiting."""
-        unscored = stream_health(self.client, self.run_id, "rollouts").in_flight
-        return unscored + stream_health(self.client, self.run_id, "train").lag, unscored
+        return groups_waiting(self.client, self.run_id)
+
+
+def groups_waiting(client: redis.Redis, run_id: str) -> tuple[int, int]:
+    """Groups waiting to be trained (the buffer lag), and of those the unscored: rollouts lag +
+    pending, plus scored but unread (train lag); trained entries pending until the next checkpoint
+    are not waiting."""
+    unscored = stream_health(client, run_id, "rollouts").in_flight
+    return unscored + stream_health(client, run_id, "train").lag, unscored
 
 
 def _group_id(message: Message) -> str | None:

@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from broker.accounting import groups_waiting
 from broker.schemas import LearnerProgress, ScoredGroup, StepReport, WeightsPublished
 from broker.streams import (
     LOOP_GRACE_S,
@@ -422,6 +423,8 @@ class Learner:
             "groups_in_step": float(len(groups)),
             "groups_trained": float(len(trained)),
             "groups_held": float(self.mix.held()),
+            # the buffer lag as the step ends: groups in the streams not yet trained (nor held)
+            "buffer_lag_groups": float(groups_waiting(self.client, self.run_id)[0]),
         }
         by_variant: dict[str, list[float]] = {}
         for g in groups:

@@ -147,6 +147,17 @@ def _method(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from orchestrator.report import ReportError, write_report
+
+    try:
+        path = write_report(Path(args.run_dir), Path(args.output) if args.output else None)
+    except ReportError as exc:
+        raise CliError(f"report: {exc}") from None
+    print(f"report: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from orchestrator.launcher import local_ray_auth
 
@@ -229,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument("--output-dir", default="runs", help="the runs' parent folder (run.output_dir)")
     scale.add_argument("sizes", nargs="+", help="actors=N and/or preprocess=N")
     scale.set_defaults(func=_scale)
+
+    report = sub.add_parser("report", help="write a run's metrics as one self-contained HTML page")
+    report.add_argument("run_dir", help="the run's folder, e.g. runs/RUN_ID")
+    report.add_argument("--output", help="the page's path (default RUN_DIR/report.html)")
+    report.set_defaults(func=_report)
 
     args = parser.parse_args(argv)
     try:

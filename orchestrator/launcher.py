@@ -35,6 +35,7 @@ from orchestrator.autoscale import LagAutoscaler
 from orchestrator.metrics import RunMetrics
 from orchestrator.models import resolve_model_path
 from orchestrator.pools import Pools
+from orchestrator.report import report_after_run
 from pope.config import PopeConfig, dump_config
 from pope.datasets import run_problems
 from pope.models.folder import MAX_STAGED_BYTES, ModelFolder
@@ -321,6 +322,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         wall["total_s"] = time.monotonic() - t_start
         summary["wall_s"] = wall
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        report_after_run(run_dir, printer)
         summary["run_dir"] = str(run_dir)
         return summary
 

