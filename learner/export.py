@@ -18,7 +18,14 @@ import torch
 
 from learner.policy import BASE_MODEL, checkpoint_steps, write_dir_atomically
 
-MODEL_STATES = "mp_rank_00_model_states.pt"
+MODEL_STATES = "mp_rank_00_model_states.pt"  # ZeRO 0-2; ZeRO-3 writes zero_pp_rank_0_<this>
+
+
+def _model_states(tag_dir: Path) -> Path | None:
+    for name in (MODEL_STATES, f"zero_pp_rank_0_{MODEL_STATES}"):
+        if (tag_dir / name).is_file():
+            return tag_dir / name
+    return None
 
 
 class ExportError(ValueError):
@@ -43,7 +50,7 @@ def checkpoint_tag(source: str | Path, step: int | None = None) -> tuple[Path, s
         raise ExportError(
             f"{folder / tag}: newer than the published checkpoint ({latest}); it may be half-written"
         )
-    if not (folder / tag / MODEL_STATES).is_file():
+    if _model_states(folder / tag) is None:
         kept = [name for n, name in checkpoint_steps(folder) if n <= newest]
         raise ExportError(f"{folder}: no checkpoint of step {step} (kept: {', '.join(kept) or 'none'})")
     return folder, tag
@@ -51,9 +58,9 @@ def checkpoint_tag(source: str | Path, step: int | None = None) -> tuple[Path, s
 
 def checkpoint_state_dict(folder: Path, tag: str) -> dict[str, torch.Tensor]:
     """The model's weights as the learner held them (its dtype; fp32 master weights cast to it under ZeRO-3)."""
-    path = folder / tag / MODEL_STATES
-    if not path.is_file():
-        raise ExportError(f"{path} missing: not a DeepSpeed checkpoint")
+    path = _model_states(folder / tag)
+    if path is None:
+        raise ExportError(f"{folder / tag / MODEL_STATES} missing: not a DeepSpeed checkpoint")
     blob = torch.load(path, map_location="cpu", weights_only=False)
     stage = blob.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0)
     if stage < 3:
