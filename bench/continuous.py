@@ -143,7 +143,7 @@ def _lag_worker(out: str, generation: str, steps: int) -> None:
 
     with tempfile.TemporaryDirectory(prefix="pope-bench-lag-") as tmp:
         overrides = [f"actors.generation={generation}", f"learner.steps={steps}", "metrics.port=0",
-                     "learner.save_checkpoint=false", f"run.output_dir={tmp}"]  # fmt: skip
+                     "checkpoint.save_final=false", f"run.output_dir={tmp}"]  # fmt: skip
         summary = train(load_config(ROOT / "configs" / "demo_cpu.yaml", overrides), printer=lambda line: None)
         lines = [
             json_module.loads(x)

@@ -29,7 +29,7 @@ from bench.common import ROOT
 
 CONFIG = ROOT / "configs" / "demo_cpu.yaml"
 OVERRIDES = [
-    "actors.num_actors=2", "metrics.port=0", "learner.save_checkpoint=false", "run.seed=0",
+    "actors.num_actors=2", "metrics.port=0", "checkpoint.save_final=false", "run.seed=0",
 ]  # fmt: skip
 STEP_KEYS = ("step_s", "data_wait_s", "forward_backward_s", "optimizer_s", "broadcast_s")
 

@@ -84,7 +84,7 @@ def main() -> None:
     out_dir = ROOT / "runs" / "soak"
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     cmd = [str(Path(sys.executable).parent / "pope"), "train", "--config", args.config, "learner.steps=1000000",
-           f"run.output_dir={out_dir}", "metrics.port=0", "learner.checkpoint_every=50", *args.overrides]  # fmt: skip
+           f"run.output_dir={out_dir}", "metrics.port=0", "checkpoint.every=50", *args.overrides]  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     log = open(out_dir / "soak.log", "w")  # noqa: SIM115 (closed at the end)
     start = time.monotonic()

@@ -142,28 +142,41 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def rotate_checkpoints(directory: str, latest: str, keep: int) -> list[str]:
-    """Delete all but the ``keep`` newest ``step<N>`` checkpoints (by N) in ``directory``, never
-    ``latest`` (the tag a resume loads) nor one newer than it (being written); returns the tags deleted."""
-    newest = int(latest.removeprefix("step"))
-    tags = sorted(
-        (int(p.name[4:]), p.name)
+def checkpoint_steps(directory: str | Path, prefix: str = "step") -> list[tuple[int, str]]:
+    """(N, name) of the ``<prefix><N>`` folders in ``directory``, by N; a temp dir being written
+    (``.<name>.tmp-<pid>``) is not one."""
+    n = len(prefix)
+    if not Path(directory).is_dir():
+        return []
+    return sorted(
+        (int(p.name[n:]), p.name)
         for p in Path(directory).iterdir()
-        if p.is_dir() and p.name.startswith("step") and p.name[4:].isdigit() and int(p.name[4:]) <= newest
+        if p.is_dir() and p.name.startswith(prefix) and p.name[n:].isdigit()
     )
+
+
+def rotate_checkpoints(directory: str, latest: str, keep: int, prefix: str = "step") -> list[str]:
+    """Delete all but the ``keep`` newest ``<prefix><N>`` checkpoints (by N) in ``directory``, never
+    ``latest`` (the tag a resume loads) nor one newer than it (being written); returns the tags deleted."""
+    newest = int(latest.removeprefix(prefix))
+    tags = [(step, name) for step, name in checkpoint_steps(directory, prefix) if step <= newest]
     doomed = [name for _, name in tags[:-keep] if name != latest]
     for name in doomed:
         shutil.rmtree(Path(directory, name))
     return doomed
 
 
-def publish_checkpoint(directory: str, tag: str) -> None:
-    """Make ``tag`` the checkpoint a resume loads: its files durable first, then ``latest`` replaced
-    in one rename (a reader sees the old tag or the new, never a torn name or a half-written tag)."""
-    for root, _, files in os.walk(os.path.join(directory, tag)):
+def _fsync_tree(path: str | Path) -> None:
+    for root, _, files in os.walk(path):
         for name in files:
             _fsync(os.path.join(root, name))
         _fsync(root)
+
+
+def publish_checkpoint(directory: str, tag: str) -> None:
+    """Make ``tag`` the checkpoint a resume loads: its files durable first, then ``latest`` replaced
+    in one rename (a reader sees the old tag or the new, never a torn name or a half-written tag)."""
+    _fsync_tree(os.path.join(directory, tag))
     pointer = os.path.join(directory, "latest")
     with open(pointer + ".tmp", "w", encoding="utf-8") as handle:
         handle.write(tag)
@@ -171,6 +184,34 @@ def publish_checkpoint(directory: str, tag: str) -> None:
         os.fsync(handle.fileno())
     os.replace(pointer + ".tmp", pointer)
     _fsync(directory)
+
+
+def write_dir_atomically(target: str | Path, write, leftovers: str | None = None) -> Path:
+    """``write(folder)`` fills a temp folder beside ``target``; its files made durable, it is renamed
+    to ``target`` (a folder already there is replaced). A process killed while writing leaves only
+    ``.<name>.tmp-<pid>``, never a partial ``target``; the next write removes such leftovers (those
+    of ``target``, or every name of the glob ``leftovers``)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(leftovers or f".{target.name}.*"):
+        shutil.rmtree(stale)
+    temp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    temp.mkdir()
+    write(temp)
+    _fsync_tree(temp)
+    if target.exists():  # rename does not replace a non-empty folder: move the old one aside first
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(temp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(temp, target)
+    _fsync(str(target.parent))
+    return target
+
+
+HF_PREFIX = "step_"  # <run_dir>/hf/step_<N>: the Hugging Face checkpoints
+BASE_MODEL = "model"  # <checkpoints>/model: the model's config and tokenizer, for `pope export`
 
 
 @dataclass
@@ -430,8 +471,15 @@ class PolicyTrainer:
         # tag is on disk, so a checkpoint being written when the process died is never picked up
         self.engine.save_checkpoint(directory, tag=tag, client_state=state, save_latest=False)
         if self.rank == 0:
+            if not (Path(directory) / BASE_MODEL / "config.json").is_file():
+                write_dir_atomically(Path(directory) / BASE_MODEL, self._save_base)
             publish_checkpoint(directory, tag)
-            rotate_checkpoints(directory, tag, self.cfg.keep_checkpoints)
+            rotate_checkpoints(directory, tag, self.config.checkpoint.keep_last)
+
+    def _save_base(self, folder: Path) -> None:
+        """What a DeepSpeed checkpoint lacks to be a Hugging Face model: its config and tokenizer."""
+        self.engine.module.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
 
     def load_checkpoint(self, directory: str, tag: str | None = None) -> dict:
         path, state = self.engine.load_checkpoint(directory, tag=tag)
@@ -450,10 +498,24 @@ class PolicyTrainer:
             dist.barrier()
             dist.destroy_process_group()
 
+    def _write_hf(self, folder: str | Path, state: dict[str, torch.Tensor]) -> None:
+        self.engine.module.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+
     def save_hf(self, path: str) -> str:
         """The model in Hugging Face format (rank 0 writes; under ZeRO-3 every rank must call)."""
         state = {name: t.clone() for name, t in self.iter_weights()}
         if self.rank == 0:
-            self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
-            self.tokenizer.save_pretrained(path)
+            self._write_hf(path, state)
         return path
+
+    def save_hf_checkpoint(self, directory: str) -> str:
+        """The model in Hugging Face format in ``directory/step_<N>``, written atomically, then the
+        oldest beyond ``checkpoint.keep_last`` deleted (every rank must call)."""
+        name = f"{HF_PREFIX}{self.step_count}"
+        target = Path(directory) / name
+        state = {key: t.clone() for key, t in self.iter_weights()}
+        if self.rank == 0:
+            write_dir_atomically(target, lambda folder: self._write_hf(folder, state), f".{HF_PREFIX}*")
+            rotate_checkpoints(directory, name, self.config.checkpoint.keep_last, prefix=HF_PREFIX)
+        return str(target)

@@ -394,9 +394,14 @@ class Learner:
         return broadcast_s, sent, received
 
     def _commit(self, entry_ids: list[str], steps: int) -> None:
-        """Acknowledge the step's entries now (no checkpoints), or once a checkpoint holds them."""
+        """Acknowledge the step's entries now (no checkpoints), or once a checkpoint holds them. A
+        Hugging Face checkpoint goes first: a crash before the resumable one redoes the step, and it."""
         self._unacked.extend(entry_ids)
-        every = self.cfg.checkpoint_every
+        hf_every = self.config.checkpoint.hf_every
+        if hf_every and self.policy.step_count % hf_every == 0:
+            self._enter("checkpoint", self.cfg.step_timeout_s)
+            self.policy.save_hf_checkpoint(str(self.run_dir / "hf"))
+        every = self.config.checkpoint.every
         if every == 0:
             self.consumer.ack(self._unacked)
             self._unacked = []

@@ -32,7 +32,19 @@ def _connection(run_dir: Path) -> dict:
 def _train(args) -> int:
     from orchestrator.launcher import ComponentFailed, train
 
-    if args.resume:
+    if args.resume == "auto":  # the run of this config that checkpointed last (orchestrator/runs.py)
+        from orchestrator.runs import NoRunToResume, describe, find_run_to_resume
+
+        config = load_config(args.config, args.overrides)
+        try:
+            picked = find_run_to_resume(config)
+        except NoRunToResume as exc:
+            raise CliError(str(exc)) from None
+        print(describe(picked))
+        config = config.model_copy(
+            update={"run": config.run.model_copy(update={"run_id": picked.run_dir.name})}
+        )
+    elif args.resume:
         run_dir = Path(args.resume)
         if args.config or not (run_dir / "config.yaml").is_file():
             print(
@@ -53,6 +65,27 @@ def _train(args) -> int:
         return 1
     shown = {k: v for k, v in summary.items() if not k.endswith("_group_ids")}
     print("summary:\n" + json.dumps(shown, indent=2))
+    return 0
+
+
+def _export(args) -> int:
+    """A resumable checkpoint as a Hugging Face model folder, without Ray or a pipeline."""
+    from learner.export import ExportError, export_checkpoint
+
+    source = Path(args.source)
+    base_model = None
+    run_config = source / "config.yaml"
+    if not (source / "checkpoints" / "model").is_dir() and run_config.is_file():
+        # a checkpoint written before the learner kept the model's config and tokenizer beside it
+        from orchestrator.models import resolve_model_path
+
+        saved = load_config(run_config)
+        base_model = resolve_model_path(saved.model.path, saved.model.cache_dir, saved.run.seed)
+    try:
+        out = export_checkpoint(source, args.out, args.step, base_model)
+    except ExportError as exc:
+        raise CliError(f"export: {exc}") from None
+    print(f"exported {source} to {out}")
     return 0
 
 
@@ -171,11 +204,26 @@ def main(argv: list[str] | None = None) -> int:
         "train", help="run a training job (local Ray, or the cluster under ray job submit)"
     )
     train.add_argument("--config", help="YAML config file (configs/*.yaml); defaults when omitted")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run from its last checkpoint; auto: the run under run.output_dir whose config "
+        "matches (orchestrator/runs.py) and that checkpointed last",
+    )
     train.add_argument(
         "overrides", nargs="*", help="dotted overrides, e.g. learner.steps=5 actors.num_actors=1"
     )
     train.set_defaults(func=_train)
+
+    export = sub.add_parser(
+        "export", help="write a resumable (DeepSpeed) checkpoint as a Hugging Face model folder"
+    )
+    export.add_argument("source", help="a run dir, or its checkpoints folder")
+    export.add_argument("--step", type=int, help="the checkpoint of this step (default: the published one)")
+    export.add_argument(
+        "--out", required=True, help="the model folder to write (must not exist, or be empty)"
+    )
+    export.set_defaults(func=_export)
 
     config = sub.add_parser("config", help="print the resolved config, or its JSON schema")
     config.add_argument("--config", help="YAML config file")

@@ -243,7 +243,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
     run_id = config.run.run_id
     run_dir = (config.run.output_dir / run_id).resolve()
     if resume and not (run_dir / "checkpoints" / "latest").is_file():
-        raise ComponentFailed(f"cannot resume {run_dir}: no checkpoint there (learner.checkpoint_every > 0?)")
+        raise ComponentFailed(f"cannot resume {run_dir}: no checkpoint there (checkpoint.every > 0?)")
     run_dir.mkdir(parents=True, exist_ok=True)
     wall: dict[str, float] = {}
     t_start = time.monotonic()
@@ -300,7 +300,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         actor_versions = ray.get([a.policy_version.remote() for a in actors])
 
         checkpoint = None
-        if lcfg.save_checkpoint:
+        if config.checkpoint.save_final:
             checkpoint = ray.get(learner.save_hf.remote(str(run_dir / "checkpoint")))
 
         upkeep.check()

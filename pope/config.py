@@ -428,21 +428,52 @@ class LearnerConfig(Section):
         description="The longest one training step or checkpoint may take: a learner past it is taken "
         "for hung (its heartbeat stops, so metrics.heartbeat_timeout_s later names it).",
     )
-    save_checkpoint: bool = Field(True, description="Write the final model in Hugging Face format.")
-    checkpoint_every: int = Field(
-        10, ge=0, description="Save a resumable checkpoint every this many steps (and at the end); 0 = never."
-    )
-    keep_checkpoints: int = Field(
-        2,
-        ge=1,
-        le=10_000,
-        description="Resumable checkpoints kept on disk, newest first; older ones are deleted once a "
-        "newer one is complete (the one a resume would load is never deleted).",
-    )
     max_nonfinite_steps: int = Field(
         3,
         ge=1,
         description="A step whose loss is NaN/inf is skipped and counted; this many in a row stop the run.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in MOVED_LEARNER_KEYS.items():
+                if old in data:
+                    raise ValueError(f"learner.{old} is now {new} (the checkpoint section)")
+        return data
+
+
+# learner keys that moved to the checkpoint section: an old config fails, naming the new key
+MOVED_LEARNER_KEYS = {
+    "save_checkpoint": "checkpoint.save_final",
+    "checkpoint_every": "checkpoint.every",
+    "keep_checkpoints": "checkpoint.keep_last",
+}
+
+
+class CheckpointConfig(Section):
+    """What the learner writes to disk: resumable DeepSpeed checkpoints in <run_dir>/checkpoints/step<N>,
+    Hugging Face models in <run_dir>/hf/step_<N>, the final model in <run_dir>/checkpoint."""
+
+    every: int = Field(
+        10, ge=0, description="Save a resumable checkpoint every this many steps (and at the end); 0 = never."
+    )
+    hf_every: int = Field(
+        0,
+        ge=0,
+        description="Also write the model in Hugging Face format to <run_dir>/hf/step_<N> every this many "
+        "steps (a temp dir renamed when complete); 0 = never.",
+    )
+    keep_last: int = Field(
+        2,
+        ge=1,
+        le=10_000,
+        description="Checkpoints kept on disk of each kind (resumable, Hugging Face), newest first; older ones "
+        "are deleted once a newer one is complete (the one a resume would load is never deleted).",
+    )
+    save_final: bool = Field(
+        True, description="Write the final model in Hugging Face format to <run_dir>/checkpoint."
     )
 
 
@@ -518,6 +549,7 @@ class PopeConfig(Section):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig)
 
@@ -655,6 +687,7 @@ class LearnerSettings(Section):
     data: DataConfig
     broker: BrokerConfig
     learner: LearnerConfig
+    checkpoint: CheckpointConfig
     num_rollouts: int = Field(ge=1)
     progress_interval_s: float = Field(gt=0)
     weight_transfer: Literal["gloo", "nccl", "ipc"] = Field(

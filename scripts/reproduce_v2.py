@@ -644,7 +644,7 @@ class Runner:
         path = CONFIG_DIR / f"{name}.yaml"
         steps = steps or self.sizes.steps
         overrides = [f"model.path={model}", f"run.seed={seed}", f"run.output_dir={self.out / 'runs'}",
-                     "learner.save_checkpoint=true"]  # fmt: skip
+                     "checkpoint.save_final=true"]  # fmt: skip
         if steps:
             overrides += [f"learner.steps={steps}", f"learner.solve_window_steps={min(steps, 10)}"]
         data = load_config(path).data

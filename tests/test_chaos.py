@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 POPE = str(Path(sys.executable).parent / "pope")
 COMMON = [
     "--config", "configs/demo_cpu_hf.yaml", "metrics.port=0", "actors.max_new_tokens=24", "learner.groups_per_step=2",
-    "learner.broadcast_timeout_s=60", "preprocess.claim_idle_s=5", "learner.checkpoint_every=2",
+    "learner.broadcast_timeout_s=60", "preprocess.claim_idle_s=5", "checkpoint.every=2",
     "broker.max_groups_in_flight=4", "actors.prompts_per_call=2",
 ]  # fmt: skip
 
@@ -211,7 +211,7 @@ def test_a_learner_killed_while_writing_a_checkpoint_resumes_from_the_one_before
     before = _kill_during_checkpoint_write(run_dir, proc)
     assert proc.wait(timeout=300) != 0
     assert "learner" in log.read_text().lower()
-    assert before >= 2 and before % 2 == 0  # checkpoint_every=2
+    assert before >= 2 and before % 2 == 0  # checkpoint.every=2
     tags = sorted(int(d.name.removeprefix("step")) for d in (run_dir / "checkpoints").glob("step*"))
     assert (
         tags[-1] > before == int(_latest(run_dir / "checkpoints").removeprefix("step"))

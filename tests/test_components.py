@@ -26,7 +26,7 @@ def config(redis_server, tmp_path):
     return load_config(
         "configs/demo_cpu_hf.yaml",
         [f"run.run_id={run_id}", f"run.output_dir={tmp_path}", "actors.max_new_tokens=12",
-         "broker.max_groups_in_flight=64", "learner.checkpoint_every=0"],
+         "broker.max_groups_in_flight=64", "checkpoint.every=0"],
     )  # fmt: skip
 
 

@@ -174,6 +174,7 @@ def test_each_component_gets_its_sections_and_the_values_it_shares():
         "data",
         "broker",
         "learner",
+        "checkpoint",
         "num_rollouts",
         "progress_interval_s",
         "weight_transfer",
