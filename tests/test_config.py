@@ -178,6 +178,7 @@ def test_each_component_gets_its_sections_and_the_values_it_shares():
         "num_rollouts",
         "progress_interval_s",
         "weight_transfer",
+        "logging",
     }
     assert (actors.groups_per_step, actors.progress_interval_s, actors.actors) == (3, 2.5, config.actors)
     assert (workers.progress_interval_s, workers.preprocess) == (2.5, config.preprocess)
