@@ -265,6 +265,7 @@ def render_svg(panel: Panel) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     style = {"svg.fonttype": "none", "svg.hashsalt": f"pope-{panel.name}", "path.simplify": False}
     with plt.rc_context(style):
@@ -275,6 +276,7 @@ def render_svg(panel: Panel) -> str:
             ax.set_xlabel(panel.xlabel)
             ax.set_ylabel(panel.ylabel)
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and lags are whole numbers
             if len(panel.series) > 1:
                 ax.legend(fontsize=8)
             buf = io.StringIO()
@@ -341,8 +343,8 @@ def panel_html(panel: Panel) -> str:
         )
     note = f'<p class="note">{html.escape(panel.note)}</p>' if panel.note else ""
     return (
-        f'<figure class="plot" id="plot-{panel.name}" data-kind="{panel.kind}">'
-        f"{render_svg(panel)}<figcaption>{title}</figcaption>{note}{_panel_table(panel)}</figure>"
+        f'<figure class="plot" id="plot-{panel.name}" data-kind="{panel.kind}" title="{title}">'
+        f"{render_svg(panel)}{note}{_panel_table(panel)}</figure>"
     )
 
 
@@ -407,10 +409,11 @@ h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
 table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: left; }
 .header { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
-.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(620px, 1fr)); gap: 1em; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 1em; }
 figure { margin: 0; border: 1px solid #ddd; padding: 0.5em; }
 figure svg { width: 100%; height: auto; }
 figcaption { font-weight: bold; font-size: 0.9em; }
+details summary { font-size: 0.8em; color: #555; }
 .absent { color: #888; font-style: italic; }
 .note { font-size: 0.85em; }
 """

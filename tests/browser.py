@@ -3,12 +3,13 @@ messages ending in NUL on fds 3 and 4; no port, no websocket library). The tests
 record every console message, uncaught exception, log entry and network request, evaluate a check
 in the page and take a screenshot.
 
-    python -m tests.browser runs/RUN_ID/report.html docs/report.png   # the README's screenshot
+    python -m tests.browser runs/RUN_ID/report.html docs/report.png --height 1500 --scale 0.6   # the README's
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import select
@@ -167,15 +168,35 @@ class Chromium:
 
 
 def main(argv: list[str]) -> int:
-    page, png = Path(argv[0]).resolve(), Path(argv[1])
+    """Screenshot a page: the top ``--height`` pixels (the whole page with 0) at ``--width``, then
+    scaled by ``--scale`` and reduced to 128 colours (small enough for the README)."""
+    import argparse
+
+    from PIL import Image
+
+    parser = argparse.ArgumentParser(prog="python -m tests.browser", description=main.__doc__)
+    parser.add_argument("page", type=Path)
+    parser.add_argument("png", type=Path)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=0)
+    parser.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args(argv)
     binary = find_chromium()
     if binary is None:
         print("chromium not found (Debian: apt-get install chromium)", file=sys.stderr)
         return 2
     with Chromium(binary) as browser:
-        load = browser.load(page.as_uri(), width=int(argv[2]) if len(argv) > 2 else 1280)
-    png.write_bytes(load.screenshot_png)
-    print(f"{png}: {len(load.screenshot_png)} bytes; console errors: {load.console_errors or 'none'}")
+        load = browser.load(args.page.resolve().as_uri(), width=args.width)
+    image = Image.open(io.BytesIO(load.screenshot_png)).convert("RGB")
+    if args.height:
+        image = image.crop((0, 0, image.width, min(args.height, image.height)))
+    if args.scale != 1.0:
+        image = image.resize(
+            (round(image.width * args.scale), round(image.height * args.scale)), Image.LANCZOS
+        )
+    image.quantize(128).save(args.png, optimize=True)
+    print(f"{args.png}: {image.width}x{image.height}, {args.png.stat().st_size} bytes; "
+          f"console errors: {load.console_errors or 'none'}")  # fmt: skip
     return 0
 
 

@@ -126,6 +126,10 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
                               worker_id="w"))  # fmt: skip
     train.put(ScoredGroup(group=_group(run_id, "u0", "unguided", ["x", "y"]), rewards=[0.0, 0.0],
                           advantages=[0.0, 0.0], verdicts=["wrong", "wrong"], worker_id="w"))  # fmt: skip
+    # one group generated and not yet scored: the buffer lag the step's line reports
+    Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=None).put(
+        _group(run_id, "r0", "unguided", ["x", "y"])
+    )
     run_dir = config.run.output_dir / run_id
     learner = Learner(
         config.for_learner(), tiny_model_path, redis_server.url, str(run_dir), [], num_hard_problems=64
@@ -139,6 +143,8 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     assert trained == ["g0", "g1", "u0", "u1"]
     assert line["solve_rate_unguided"] == 0.5 and line["solve_rate_guided"] == 0.5
     assert line["hard_solved_unguided_fraction"] == 1 / 64
+    # waiting: the unscored r0; the train stream was read to its end (u2 u3 u4 are held, not waiting)
+    assert line["buffer_lag_groups"] == 1.0 and line["groups_held"] == 3.0
     assert result["trained_group_ids"] == ["u0", "u1", "g0", "g1"]
     # held for a later step: u2 u3 u4 stay pending; the second copy of u0 (read while holding) is a duplicate
     assert result["skipped_group_ids"]["duplicate"] == ["u0"]

@@ -92,6 +92,11 @@ def check_run(summary: dict, run_dir: Path) -> list[dict]:
     assert total == pytest.approx(checksums[-1], rel=1e-9)
     for key in ("config.yaml", "summary.json"):
         assert (run_dir / key).is_file()
+    # the run's report, written at its end, draws the lines above (tests/test_report.py checks the rest)
+    report = (run_dir / "report.html").read_text()
+    assert f"{STEPS} lines, steps 1 to {STEPS}" in report
+    for plot in ("reward", "entropy", "clip", "policy_lag", "policy_lag_hist", "buffer_lag", "step_time"):
+        assert f'<figure class="plot" id="plot-{plot}"' in report, plot
     assert summary["completions_per_s"] > 0 and summary["tokens_per_s"] > 0
     return lines
 
