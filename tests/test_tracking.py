@@ -224,7 +224,7 @@ def test_a_learner_run_sends_each_steps_metrics_line_to_tensorboard(
     config = load_config(
         "configs/demo_cpu_hf.yaml",
         [f"run.run_id={run_id}", f"run.output_dir={tmp_path}", "broker.max_groups_in_flight=64",
-         "learner.checkpoint_every=0", "logging.trackers=[tensorboard]", "logging.rollout_table_every=1"],
+         "checkpoint.every=0", "logging.trackers=[tensorboard]", "logging.rollout_table_every=1"],
     )  # fmt: skip
     ensure_groups(redis_client, run_id)
     train = Producer(redis_client, run_id, "train", max_in_flight=None, maxlen=None)
