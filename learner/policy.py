@@ -35,6 +35,7 @@ from learner.loss import (
     token_logprobs,
 )
 from pope.config import LearnerSettings
+from pope.devices import check_ds_accelerator, dist_backend, ds_precision, learner_device
 
 
 def pack_groups(groups: list[ScoredGroup], pad_id: int):
@@ -89,7 +90,8 @@ def normalize_batch_advantages(groups: list[ScoredGroup], mode: str) -> list[lis
     return out
 
 
-def ds_config(cfg, sequences_per_step: int, world_size: int) -> dict:
+def ds_config(cfg, sequences_per_step: int, world_size: int, dtype: str = "float32") -> dict:
+    """``dtype``: model.dtype; bf16/fp16 add DeepSpeed's precision section (``pope.devices.ds_precision``)."""
     local = math.ceil(sequences_per_step / world_size)
     grad_accum = math.ceil(local / cfg.micro_batch_size)
     return {
@@ -100,12 +102,14 @@ def ds_config(cfg, sequences_per_step: int, world_size: int) -> dict:
         "zero_optimization": {"stage": cfg.zero_stage},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
+        **ds_precision(dtype),
     }
 
 
-def init_distributed() -> None:
+def init_distributed(backend: str = "gloo") -> None:
     """One-rank default group when not launched by torchrun (DeepSpeed needs one, and the rank
-    variables). A vLLM engine in the same process (bench/sync.py) may have made the group already."""
+    variables). A vLLM engine in the same process (bench/sync.py) may have made the group already.
+    ``backend``: ``pope.devices.dist_backend`` of the learner's device."""
     import deepspeed
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
@@ -116,7 +120,7 @@ def init_distributed() -> None:
         from broker.embedded import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend=backend)
 
 
 def step_temperature(groups: list[ScoredGroup]) -> float:
@@ -232,19 +236,29 @@ class StepBatch:
 
 class PolicyTrainer:
     def __init__(self, config: LearnerSettings, model_path: str):
-        """``config``: the learner's sections (``PopeConfig.for_learner``)."""
+        """``config``: the learner's sections (``PopeConfig.for_learner``). The device comes from
+        ``learner.num_gpus`` (``pope.devices.learner_device``), checked before DeepSpeed loads."""
+        self.config = config
+        self.cfg = config.learner
+        self.device = torch.device(
+            learner_device(
+                self.cfg.num_gpus, torch.cuda.is_available(), torch.cuda.device_count(),
+                int(os.environ.get("LOCAL_RANK", "0")),
+            )
+        )  # fmt: skip
+        check_ds_accelerator(str(self.device), os.environ.get("DS_ACCELERATOR"))
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.integrations import HfDeepSpeedConfig
 
-        self.config = config
-        self.cfg = config.learner
         torch.set_num_threads(self.cfg.torch_threads)
         torch.manual_seed(config.run.seed)
-        init_distributed()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        init_distributed(dist_backend(str(self.device)))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.sequences_per_step = self.cfg.groups_per_step * config.num_rollouts
-        self.ds_config = ds_config(self.cfg, self.sequences_per_step, self.world_size)
+        self.ds_config = ds_config(self.cfg, self.sequences_per_step, self.world_size, config.model.dtype)
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         # ZeRO-3 must see the config before the model is built (HF then partitions on load)
         self._hf_ds = HfDeepSpeedConfig(self.ds_config) if self.cfg.zero_stage == 3 else None
@@ -257,7 +271,10 @@ class PolicyTrainer:
         self.reference = None
         if self.cfg.kl_coef > 0:
             self.reference = (
-                AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval().requires_grad_(False)
+                AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+                .to(self.device)
+                .eval()
+                .requires_grad_(False)
             )
         self.step_count = 0
         self.version = 0
@@ -290,7 +307,7 @@ class PolicyTrainer:
     def _all_reduce_sum(self, value: float) -> float:
         if self.world_size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(t)
         return float(t.item())
 
@@ -367,9 +384,11 @@ class PolicyTrainer:
             idx = batch.rows[:1]  # keep ranks in lock-step; a zero mask adds nothing
         width = int(batch.lengths[idx].max())
         m = torch.zeros_like(batch.mask[idx, : width - 1]) if filler else batch.mask[idx, : width - 1]
-        ids, att = batch.input_ids[idx, :width], batch.attention[idx, :width]
-        tgt = batch.targets[idx, : width - 1]
-        beh, adv = batch.behaviour[idx, : width - 1], batch.advantages[idx, : width - 1]
+        m = m.to(self.device)
+        ids, att = batch.input_ids[idx, :width].to(self.device), batch.attention[idx, :width].to(self.device)
+        tgt = batch.targets[idx, : width - 1].to(self.device)
+        beh = batch.behaviour[idx, : width - 1].to(self.device)
+        adv = batch.advantages[idx, : width - 1].to(self.device)
         logits = self.engine(input_ids=ids, attention_mask=att).logits[:, :-1]
         logp = token_logprobs(logits, tgt, temperature)
         entropy = token_entropy(logits, temperature)
@@ -450,9 +469,9 @@ class PolicyTrainer:
     def logprobs_of(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Logprobs (temperature 1) of ``completion_ids`` after ``prompt_ids`` under the current weights."""
         self.engine.eval()
-        ids = torch.tensor([prompt_ids + completion_ids])
+        ids = torch.tensor([prompt_ids + completion_ids], device=self.device)
         logits = self.engine(input_ids=ids).logits[:, len(prompt_ids) - 1 : -1]
-        return token_logprobs(logits, torch.tensor([completion_ids]))[0].tolist()
+        return token_logprobs(logits, torch.tensor([completion_ids], device=self.device))[0].tolist()
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def save_checkpoint(self, directory: str, extra: dict | None = None) -> None:

@@ -38,6 +38,7 @@ from orchestrator.pools import Pools
 from orchestrator.report import report_after_run
 from pope.config import PopeConfig, dump_config
 from pope.datasets import run_problems
+from pope.devices import ds_accelerator
 from pope.models.folder import MAX_STAGED_BYTES, ModelFolder
 from pope.prompts import PromptSchedule
 
@@ -133,8 +134,7 @@ def _process_env(config: PopeConfig, threads: int) -> dict[str, str]:
         "VLLM_CONFIGURE_LOGGING": "1",
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
     }
-    if config.learner.num_gpus == 0 and config.actors.num_gpus == 0:
-        env["DS_ACCELERATOR"] = "cpu"
+    env["DS_ACCELERATOR"] = ds_accelerator(config.learner.num_gpus)  # DeepSpeed reads it at import
     if not os.environ.get("RAY_ADDRESS"):  # a local run: the weight group stays on the loopback
         env["POPE_WEIGHT_SYNC_HOST"] = "127.0.0.1"
         loopback = loopback_interface()
