@@ -1,15 +1,15 @@
 """Which device, collective backend, DeepSpeed accelerator and precision each component uses.
 
 Small pure functions of the config and of the devices a process sees. Nothing here queries a
-device itself: callers pass ``torch.cuda.is_available()`` and ``torch.cuda.device_count()`` (or,
-for the weight transfer, what each process reported), so every branch, the CUDA ones included,
-is tested on a machine without a GPU. No torch import: the CPU-only checks stay cheap.
+device itself: callers pass ``torch.cuda.is_available()`` and ``torch.cuda.device_count()``, so
+every branch, the CUDA ones included, is tested on a machine without a GPU. No torch import: the CPU-only checks stay cheap.
 
     learner.num_gpus --learner_device--> "cpu" | "cuda:<local rank>"
                           |--> dist_backend        gloo | nccl      (DeepSpeed's default group)
                           |--> ds_accelerator      DS_ACCELERATOR   cpu | cuda
     model.dtype -------ds_precision------------> DeepSpeed's bf16 / fp16 section
-    who holds which GPU --select_weight_backend--> gloo | nccl | ipc   (learner -> actors)
+
+The weight-transfer backend is chosen from the config too (``pope.config.select_weight_transfer``).
 
 The config alone decides the device: a learner with ``num_gpus: 0`` trains on CPU even on a
 machine with GPUs (Ray then gives it none), and one that asks for a GPU where there is none fails
@@ -17,11 +17,6 @@ at start, naming the key, instead of training on CPU for days.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-WEIGHT_BACKENDS = ("auto", "gloo", "nccl", "ipc")
 
 
 def learner_device(num_gpus: float, cuda_available: bool, device_count: int, local_rank: int = 0) -> str:
@@ -79,59 +74,3 @@ def ds_precision(dtype: str) -> dict:
     if dtype == "float16":
         return {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}}
     raise ValueError(f"model.dtype {dtype!r}: use float32, bfloat16 or float16")
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one process of the weight transfer runs: its node, and the GPU it holds (a device
-    UUID, ``None`` on CPU). Ray's runtime context and ``torch.cuda.get_device_properties`` give both."""
-
-    node: str
-    gpu: str | None
-
-
-def select_weight_backend(
-    requested: str, learner: Placement, actors: Sequence[Placement], nccl_available: bool = True
-) -> str:
-    """How the learner's weights reach the actors: 'gloo' (host memory, works everywhere),
-    'nccl' (GPU to GPU, one rank per GPU) or 'ipc' (CUDA IPC handles, same node only).
-
-    ``requested`` 'auto' takes the fastest that the placement allows: NCCL when every process holds
-    a GPU of its own; IPC when every process holds a GPU on the learner's node and some share one
-    (NCCL refuses two ranks on one device); gloo otherwise. An explicit 'nccl' or 'ipc' that the
-    placement does not allow fails, naming the process in the way.
-    """
-    if requested not in WEIGHT_BACKENDS:
-        raise ValueError(f"weight transfer {requested!r}: use one of {', '.join(WEIGHT_BACKENDS)}")
-    if requested == "gloo":
-        return "gloo"
-    everyone = [("the learner", learner)] + [(f"actor {i}", a) for i, a in enumerate(actors)]
-    without_gpu = [name for name, p in everyone if p.gpu is None]
-    gpus = [p.gpu for _, p in everyone]
-    shared = sorted({g for g in gpus if g is not None and gpus.count(g) > 1})
-    off_node = [name for name, p in everyone if p.node != learner.node]
-    if requested == "auto":
-        if without_gpu:
-            return "gloo"
-        if not shared and nccl_available:
-            return "nccl"
-        return "ipc" if not off_node else "gloo"
-    if without_gpu:
-        raise ValueError(
-            f"weight transfer {requested!r} needs a GPU on every side; none on {', '.join(without_gpu)}"
-        )
-    if requested == "nccl":
-        if not nccl_available:
-            raise ValueError("weight transfer 'nccl': this torch build has no NCCL")
-        if shared:
-            raise ValueError(
-                f"weight transfer 'nccl': GPU {shared[0]} is held by more than one process (NCCL allows one "
-                "rank per GPU); use 'ipc' when they share a node, or give each process its own GPU"
-            )
-        return "nccl"
-    if off_node:
-        raise ValueError(
-            f"weight transfer 'ipc': CUDA IPC works within one node; {', '.join(off_node)} "
-            f"run off the learner's node {learner.node}"
-        )
-    return "ipc"

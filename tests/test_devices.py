@@ -11,13 +11,11 @@ import pytest
 
 from pope.config import load_config
 from pope.devices import (
-    Placement,
     check_ds_accelerator,
     dist_backend,
     ds_accelerator,
     ds_precision,
     learner_device,
-    select_weight_backend,
 )
 
 pytestmark = pytest.mark.unit
@@ -95,38 +93,3 @@ def test_policy_trainer_refuses_a_gpu_it_does_not_have(tiny_model_path, monkeypa
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     with pytest.raises(ValueError, match="DS_ACCELERATOR=cpu but the learner trains on cuda:0"):
         PolicyTrainer(cfg, tiny_model_path)
-
-
-LEARNER = Placement("node-a", "GPU-0")
-
-
-@pytest.mark.parametrize(
-    ("actors", "nccl", "want"),
-    [
-        ([Placement("node-a", None)], True, "gloo"),  # an actor on CPU
-        ([Placement("node-b", "GPU-1"), Placement("node-a", "GPU-2")], True, "nccl"),  # a GPU each
-        ([Placement("node-a", "GPU-0")], True, "ipc"),  # the actor shares the learner's GPU
-        ([Placement("node-a", "GPU-1"), Placement("node-a", "GPU-1")], True, "ipc"),  # two actors, one GPU
-        ([Placement("node-a", "GPU-1")], False, "ipc"),  # no NCCL in this torch
-        ([Placement("node-b", "GPU-0"), Placement("node-b", "GPU-0")], True, "gloo"),  # shared, off node
-    ],
-)
-def test_auto_weight_backend(actors, nccl, want):
-    assert select_weight_backend("auto", LEARNER, actors, nccl_available=nccl) == want
-
-
-def test_explicit_weight_backend():
-    own = [Placement("node-b", "GPU-1")]
-    assert select_weight_backend("gloo", LEARNER, [Placement("node-b", None)]) == "gloo"
-    assert select_weight_backend("nccl", LEARNER, own) == "nccl"
-    assert select_weight_backend("ipc", LEARNER, [Placement("node-a", "GPU-0")]) == "ipc"
-    with pytest.raises(ValueError, match=r"needs a GPU on every side; none on the learner"):
-        select_weight_backend("nccl", Placement("node-a", None), own)
-    with pytest.raises(ValueError, match=r"GPU GPU-0 is held by more than one process"):
-        select_weight_backend("nccl", LEARNER, [Placement("node-a", "GPU-0")])
-    with pytest.raises(ValueError, match="has no NCCL"):
-        select_weight_backend("nccl", LEARNER, own, nccl_available=False)
-    with pytest.raises(ValueError, match=r"actor 0 run off the learner's node node-a"):
-        select_weight_backend("ipc", LEARNER, own)
-    with pytest.raises(ValueError, match=r"weight transfer 'rdma': use one of auto, gloo, nccl, ipc"):
-        select_weight_backend("rdma", LEARNER, own)
