@@ -206,20 +206,34 @@ def test_a_tracker_that_raises_while_logging_is_counted_and_turned_off(tmp_path,
     assert tensorboard_scalars(tmp_path / "tensorboard")["loss"] == [(1, 0.125), (2, -0.5), (3, -0.5)]
 
 
+def _run_learner(settings, model_path: str, redis_url: str, run_dir: str, port: int, out) -> None:
+    """In a process of its own (DeepSpeed keeps one learner's groups per process): two steps."""
+    import os
+
+    from learner.trainer import Learner
+
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    learner = Learner(settings, model_path, redis_url, run_dir, [])
+    try:
+        out.update(learner.run(2)["tracking"])
+    finally:
+        learner.close()
+
+
 @pytest.mark.integration
 def test_a_learner_run_sends_each_steps_metrics_line_to_tensorboard(
-    redis_server, redis_client, tiny_model_path, tmp_path, monkeypatch
+    redis_server, redis_client, tiny_model_path, tmp_path
 ):
     """Two real learner steps (DeepSpeed-CPU on the tiny model, groups from a real Redis stream): each
     numeric field of each metrics.jsonl line is TensorBoard's scalar at that step, and each step's
     rollout table holds rollouts of that step's groups."""
+    import multiprocessing
+
     from broker.embedded import free_port
     from broker.streams import Producer, ensure_groups
-    from learner.trainer import Learner
 
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port())}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
     run_id = "t" + uuid.uuid4().hex[:8]
     config = load_config(
         "configs/demo_cpu_hf.yaml",
@@ -233,12 +247,17 @@ def test_a_learner_run_sends_each_steps_metrics_line_to_tensorboard(
     for group in (g for groups in step_groups for g in groups):
         train.put(group.model_copy(update={"group": group.group.model_copy(update={"run_id": run_id})}))
     run_dir = tmp_path / run_id
-    learner = Learner(config.for_learner(), tiny_model_path, redis_server.url, str(run_dir), [])
+    context = multiprocessing.get_context("spawn")
+    tracking = context.Manager().dict()
+    args = (config.for_learner(), tiny_model_path, redis_server.url, str(run_dir), free_port(), tracking)
+    child = context.Process(target=_run_learner, args=args)
+    child.start()
     try:
-        result = learner.run(2)
+        child.join(timeout=300)
+        assert child.exitcode == 0
     finally:
-        learner.close()
-    assert result["tracking"] == {
+        child.kill()
+    assert dict(tracking) == {
         "trackers": ["tensorboard"],
         "failed_to_start": {},
         "errors": {},
