@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from actors.engine import SamplingSettings
 from actors.engines import make_engine
@@ -39,7 +39,7 @@ from pope.config import ActorSettings
 from pope.loop_calls import LoopCalls
 from pope.models.folder import ModelFolder, local_folder
 from pope.problems import Problem
-from pope.prompts import PromptSchedule, render_prompt, request_seed
+from pope.prompts import PromptSchedule, PromptSpec, render_prompt, request_seed
 
 
 @dataclass
@@ -52,6 +52,27 @@ class ActorStats:
     backpressure_wait_s: float = 0.0
     weight_updates: int = 0
     group_ids: list[str] = field(default_factory=list)
+    eval_requests: int = 0  # evaluation prompts sampled (never written to a stream)
+
+
+@dataclass
+class EvalSamples:
+    """One actor's share of an evaluation: per prompt, its completions' texts; the weight versions
+    that sampled them (the lowest and the highest)."""
+
+    texts: list[list[str]]
+    version_start: int
+    version_end: int
+
+
+@dataclass
+class _EvalBatch:
+    """Evaluation requests in the continuous engine, beside the training groups."""
+
+    keys: list[str]
+    finished: dict = field(default_factory=dict)  # key -> FinishedGroup
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
 
 
 class RolloutActor:
@@ -93,6 +114,7 @@ class RolloutActor:
         self.incarnation = secrets.token_hex(3)
         self.deadline = WorkDeadline(LOOP_GRACE_S)  # until when the loop's current phase may last
         self.stream = None  # continuous generation (actors.generation): the engine's step interface
+        self._evals: dict[str, _EvalBatch] = {}  # continuous: evaluation request key -> its batch
         if redis_url is None:
             return
         if not problems:
@@ -307,7 +329,10 @@ class RolloutActor:
                 order.append(spec.position)
             if not stream.groups_running:  # nothing to decode: the stream is full, or stopping
                 before = self.producer.wait_s
-                self.producer.wait_for_room(self._idle_tick, sleep=self._sleep_until_call)
+                # an evaluation submitted meanwhile ends the wait: it decodes whatever the stream's room
+                self.producer.wait_for_room(
+                    lambda: self._idle_tick() or stream.groups_running > 0, sleep=self._sleep_until_call
+                )
                 self.stats.backpressure_wait_s += self.producer.wait_s - before
                 continue
             self.deadline.expect(cfg.engine_call_timeout_s)
@@ -315,6 +340,9 @@ class RolloutActor:
             finished = stream.step()
             self.stats.generate_s += time.monotonic() - start
             for group in finished:
+                if group.key in self._evals:  # an evaluation request: back to its caller, never written
+                    self._eval_finished(group)
+                    continue
                 spec, ids, seed, since = submitted.pop(group.key)
                 versions = (group.first_version, group.last_version)
                 done[spec.position] = self._group(
@@ -324,6 +352,10 @@ class RolloutActor:
                 self._write(done.pop(order.pop(0)))
             self._report_progress()
         stream.abort_all()  # stopping: what runs is dropped, its positions stay claimed, unwritten
+        for batch in {id(b): b for b in self._evals.values()}.values():
+            batch.error = "the actor stopped before its evaluation requests finished"
+            batch.done.set()
+        self._evals.clear()
 
     def _report_progress(self, force: bool = False) -> None:
         self.progress.report(
@@ -374,6 +406,64 @@ class RolloutActor:
             [(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), len(s.token_ids)) for s in g]
             for g in samples
         ]
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, problems: list[Problem], settings: SamplingSettings, timeout_s: float) -> EvalSamples:
+        """Unguided samples of ``problems`` (``settings.num_rollouts`` each, one seed per problem)
+        with the weights the engine holds, for the run's evaluation; nothing goes to a stream.
+
+        Continuous generation with the loop running: the requests join the engine beside the
+        training groups and decode in the same steps (weights may change meanwhile: the versions
+        say which sampled them). Otherwise (per call, or no loop running): one engine call between
+        two training calls, so training generation pauses exactly as long as the evaluation runs."""
+        spec = [PromptSpec(p, "unguided", 0) for p in problems]
+        prompt_ids = [self.encode(render_prompt(self.tokenizer, s, self.config.data)) for s in spec]
+        self.stats.eval_requests += len(problems)
+        if self.stream is not None and self.calls.running:
+            return self._evaluate_continuous(prompt_ids, settings, timeout_s)
+
+        def generate() -> EvalSamples:
+            version = self.version
+            self.deadline.expect(timeout_s)
+            try:
+                samples = self.engine.generate(prompt_ids, settings)
+            finally:
+                self.deadline.expect()
+            return EvalSamples([[self._text(s) for s in group] for group in samples], version, version)
+
+        return self.calls.call(generate, "evaluating", timeout_s)
+
+    def _evaluate_continuous(self, prompt_ids, settings: SamplingSettings, timeout_s: float) -> EvalSamples:
+        tag = secrets.token_hex(4)
+        batch = _EvalBatch([f"eval-{tag}-{i}" for i in range(len(prompt_ids))])
+
+        def submit() -> None:
+            for key, ids, seed in zip(batch.keys, prompt_ids, settings.seeds, strict=True):
+                self._evals[key] = batch
+                self.stream.submit(key, ids, replace(settings, seeds=(seed,)), seed)
+            if not batch.keys:
+                batch.done.set()
+
+        self.calls.call(submit, "submitting evaluation requests", timeout_s)
+        if not batch.done.wait(timeout_s):
+            raise TimeoutError(f"{self.actor_id}: evaluation did not finish within {timeout_s}s")
+        if batch.error:
+            raise RuntimeError(f"{self.actor_id}: {batch.error}")
+        groups = [batch.finished[key] for key in batch.keys]
+        return EvalSamples(
+            [[self._text(s) for s in g.samples] for g in groups],
+            min((g.first_version for g in groups), default=self.version),
+            max((g.last_version for g in groups), default=self.version),
+        )
+
+    def _eval_finished(self, group) -> None:
+        batch = self._evals.pop(group.key)
+        batch.finished[group.key] = group
+        if len(batch.finished) == len(batch.keys):
+            batch.done.set()
+
+    def _text(self, sample) -> str:
+        return self.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
 
     def close(self) -> None:
         self.engine.close()

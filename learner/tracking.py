@@ -33,6 +33,11 @@ NOT_SCALARS = ("step", "time")  # the step is each scalar's x axis; the wall-clo
 class Tracker(Protocol):
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
 
+    def log_eval(self, step: int, scalars: dict[str, float]) -> None:
+        """An evaluation's scalars at learner step ``step``, which may be behind the last step logged
+        (an evaluation finishes while training goes on)."""
+        ...
+
     def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None: ...
 
     def close(self) -> None: ...
@@ -89,6 +94,8 @@ class TensorBoardTracker:
             self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
+    log_eval = log_scalars  # any step order
+
     def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None:
         self.writer.add_text(name, _markdown(rows), step)
         self.writer.flush()
@@ -114,9 +121,16 @@ class WandbTracker:
             project=options.project, entity=options.entity, name=run_id, dir=str(parent), mode=self.mode,
             tags=options.tags, config=params, reinit="create_new", settings=settings,
         )  # fmt: skip
+        # W&B drops a row logged at a step below its last: evaluations are drawn against eval/step
+        self.run.define_metric("eval/step")
+        self.run.define_metric("eval/*", step_metric="eval/step")
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         self.run.log(scalars, step=step)
+
+    def log_eval(self, step: int, scalars: dict[str, float]) -> None:
+        # joins the row of the step being logged (commit=False): the x axis is eval/step, not W&B's step
+        self.run.log({**scalars, "eval/step": step}, commit=False)
 
     def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None:
         columns = list(rows[0]) if rows else list(ROLLOUT_COLUMNS)
@@ -157,6 +171,8 @@ class MlflowTracker:
         metrics = [self.metric(key, value, now_ms, step) for key, value in scalars.items()]
         for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+
+    log_eval = log_scalars  # any step order
 
     def log_table(self, step: int, name: str, rows: list[dict[str, Any]]) -> None:
         columns = list(rows[0]) if rows else list(ROLLOUT_COLUMNS)
@@ -202,6 +218,7 @@ class Tracking:
         self.registry = registry
         self.printer = printer
         self.live: dict[str, Tracker] = {}
+        self.started = False
         self.failed_to_start: dict[str, str] = {}
         self.errors: dict[str, str] = {}  # tracker -> why it was turned off (it raised while logging)
 
@@ -210,6 +227,10 @@ class Tracking:
         return len(self.errors)
 
     def start(self, params: dict[str, Any]) -> None:
+        """Build the trackers (once: a second call does nothing)."""
+        if self.started:
+            return
+        self.started = True
         for name in self.config.trackers:
             try:
                 self.live[name] = self.registry[name](
@@ -239,6 +260,14 @@ class Tracking:
                     tracker.log_table(step, "rollouts", rows)
             except Exception as exc:  # deliberate: counted, the tracker turned off, training goes on
                 self._turn_off(name, exc, f"while logging step {step}")
+
+    def log_eval(self, step: int, scalars: dict[str, float]) -> None:
+        """An evaluation's scalars (``eval/<set>/pass@<k>``) at learner step ``step``, to every live tracker."""
+        for name, tracker in list(self.live.items()):
+            try:
+                tracker.log_eval(step, scalars)
+            except Exception as exc:  # deliberate: counted, the tracker turned off, training goes on
+                self._turn_off(name, exc, f"while logging the evaluation of step {step}")
 
     def _turn_off(self, name: str, exc: Exception, when: str) -> None:
         self.errors[name] = _reason(exc)

@@ -319,12 +319,11 @@ class Learner:
         """Train ``steps`` steps; each ends with a broadcast, a version bump and an acknowledgement."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.calls.running = True
-        self.tracking.start(self.cfg.model_dump(mode="json"))
+        self._start_tracking()
         self.keepalive.start()
         try:
             return self._run(steps)
         finally:
-            self.tracking.close()
             self.keepalive.stop()
             self.calls.running = False
             self.calls.serve()
@@ -504,6 +503,26 @@ class Learner:
             out["hard_solved_unguided_fraction"] = len(solved) / self.num_hard_problems
         return out
 
+    # -- tracking ----------------------------------------------------------------------------------
+    def _start_tracking(self) -> None:
+        self.tracking.start(self.cfg.model_dump(mode="json"))
+
+    def log_eval(self, step: int, scalars: dict[str, float]) -> None:
+        """An evaluation's scalars (orchestrator/evaluation.py) to the trackers at learner step
+        ``step``: on the training loop between two steps (the trackers are not thread-safe), or at
+        once before the loop starts and after it ends."""
+
+        def log() -> None:
+            self._start_tracking()
+            self.tracking.log_eval(step, scalars)
+
+        self.calls.call(log, f"logging the evaluation of step {step}", self.cfg.step_timeout_s)
+
+    def end_tracking(self) -> dict:
+        """Close the trackers (after the run's last evaluation); what they did, for the summary."""
+        self.tracking.close()
+        return self.tracking.summary()
+
     # -- checks and output -------------------------------------------------------------------------
     def logprobs_of(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         return self.policy.logprobs_of(prompt_ids, completion_ids)
@@ -512,5 +531,6 @@ class Learner:
         return self.policy.save_hf(path)
 
     def close(self) -> None:
+        self.tracking.close()
         self.client.close()
         self.policy.close()

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pope.config import ConfigError, config_schema, dump_config, is_redacted, load_config
+from pope.config import ConfigError, config_schema, dump_config, is_redacted, load_config, source_name
 from pope.datasets import DataError
 
 
@@ -147,12 +147,7 @@ def _load_inputs(config, paths: list[str]):
 
     data = config.data
     fields = FieldMap(data.problem_field, data.answer_field, data.solution_field, data.id_field)
-    return {
-        (
-            p.removeprefix("hf:").replace("/", "_").replace(":", "_") if p.startswith("hf:") else Path(p).stem
-        ): (load_source(p, fields, data.max_bad_fraction)[0])
-        for p in paths
-    }
+    return {source_name(p): load_source(p, fields, data.max_bad_fraction)[0] for p in paths}
 
 
 def _method(args) -> int:

@@ -32,6 +32,7 @@ from broker.embedded import EmbeddedRedis
 from broker.schemas import Progress, ScaleRequest, StepReport
 from broker.streams import ControlChannel, connect, ensure_groups, redacted, stage_files
 from orchestrator.autoscale import LagAutoscaler
+from orchestrator.evaluation import TrainingEval, load_eval_sets
 from orchestrator.metrics import RunMetrics
 from orchestrator.models import resolve_model_path
 from orchestrator.pools import Pools
@@ -212,7 +213,10 @@ def _resolve_inputs(config: PopeConfig, printer):
         )
     printer(f"data: each learner step holds {schedule.quota}{' (paired)' if schedule.paired else ''}")
     model_path = str(resolve_model_path(config.model.path, config.model.cache_dir, config.run.seed))
-    return schedule, easy, model_path
+    eval_sets = load_eval_sets(config) if config.eval.every_steps else {}
+    for name, problems in eval_sets.items():
+        printer(f"eval: set {name}, {len(problems)} problems, n={config.eval.n}, k={config.eval.k}")
+    return schedule, easy, model_path, eval_sets
 
 
 def _stage_model(config: PopeConfig, model_path: str, client, run_id: str, printer) -> ModelFolder:
@@ -252,7 +256,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         stack.enter_context(_RunDirLock(run_dir))
         (run_dir / ("config.resumed.yaml" if resume else "config.yaml")).write_text(dump_config(config))
         redis_url, client, upkeep, control, metrics = _open_broker(stack, config, run_dir, printer)
-        schedule, easy, model_path = _resolve_inputs(config, printer)
+        schedule, easy, model_path, eval_sets = _resolve_inputs(config, printer)
         printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
         # staged before Ray starts: under ray job submit, joining the cluster may unpack the job's working
         # directory again, and a built-in model built inside it is gone (other nodes fetch the staged copy)
@@ -269,8 +273,9 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
 
         lcfg = config.learner
         learner = _start_members(pools, config, run_dir, len(schedule.hard))
+        first_step = 0
         if resume:
-            step = ray.get(learner.resume.remote())
+            first_step = step = ray.get(learner.resume.remote())
             printer(f"resumed from the checkpoint of step {step}")
         # the weight group, then a first broadcast: every actor starts from the learner's exact weights
         _wait_all(
@@ -281,20 +286,42 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         initial_probe_diffs = _probe(pools, learner, probe_prompt)
         wall["setup_s"] = time.monotonic() - t_start
         printer(f"setup done in {wall['setup_s']:.1f}s: {pools.sizes} and 1 learner")
+        evaluator = None
+        if eval_sets:  # the baseline, before any step: the loops do not run yet
+            evaluator = TrainingEval(
+                config,
+                eval_sets,
+                lambda: [m.handle for m in pools.actors],
+                learner,
+                metrics,
+                run_dir,
+                printer,
+            )
+            stack.callback(evaluator.close)
+            _evaluate_now(evaluator, first_step)
 
         t_loop = time.monotonic()
         learner_ref = learner.run.remote(lcfg.steps)
         for m in pools.workers + pools.actors:
             m.loop_ref = m.handle.run.remote()
-        _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer, upkeep)
+        _monitor(
+            pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer, upkeep, evaluator
+        )
         try:
             learner_result = ray.get(learner_ref)
         except Exception as exc:
             raise ComponentFailed(f"learner failed: {exc}") from exc
+        if evaluator is not None:  # the rounds the monitor queued need the loops (continuous generation)
+            try:
+                evaluator.finish()
+            except RuntimeError as exc:
+                raise ComponentFailed(str(exc)) from exc
         wall["train_loop_s"] = time.monotonic() - t_loop
 
         actors = [m.handle for m in pools.actors]
         stats = _stop_loops(pools)
+        if evaluator is not None:  # the final weights, every actor holding them
+            _evaluate_now(evaluator, learner_result["steps"])
         # Every actor now holds the final weights: check it on the same fixed prompt.
         probe_diffs = _probe(pools, learner, probe_prompt)
         actor_versions = ray.get([a.policy_version.remote() for a in actors])
@@ -310,7 +337,10 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         )
         summary.update(upkeep.summary())
         summary.update(_run_facts(pools, schedule, initial_probe_diffs))
-        summary["tracking"] = learner_result["tracking"]  # logging.trackers: started, failed, turned off
+        # logging.trackers: started, failed, turned off (closed after the last evaluation reached them)
+        summary["tracking"] = ray.get(learner.end_tracking.remote())
+        if evaluator is not None:
+            summary["eval"] = evaluator.summary()
         if metrics is not None:
             for report in control.poll():
                 metrics.observe(report)
@@ -326,6 +356,14 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         report_after_run(run_dir, printer)
         summary["run_dir"] = str(run_dir)
         return summary
+
+
+def _evaluate_now(evaluator: TrainingEval, step: int) -> None:
+    """One evaluation round on this thread (no loop runs: the engines generate at once)."""
+    try:
+        evaluator.run_round(step)
+    except Exception as exc:  # an actor or the verifier failed: the run stops naming it
+        raise ComponentFailed(f"evaluation of step {step} failed: {exc}") from exc
 
 
 def _start_members(pools: Pools, config: PopeConfig, run_dir, num_hard: int):
@@ -384,9 +422,12 @@ def _write_connection(run_dir, run_id: str, redis_url: str) -> None:
     path.write_text(json.dumps({"run_id": run_id, "redis_url": redis_url}))
 
 
-def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer, upkeep) -> None:
+def _monitor(
+    pools, learner_ref, control, client, metrics, run_id, config, t_loop, printer, upkeep, evaluator=None
+) -> None:
     """Until the learner finishes: progress lines, metrics, resize requests, restarts of components
-    Ray brought back, and heartbeats; a component that dies for good or goes silent fails the run
+    Ray brought back, heartbeats, and evaluation rounds every ``eval.every_steps`` steps (queued: the
+    training goes on while they run); a component that dies for good or goes silent fails the run
     with its name."""
     import ray
 
@@ -404,6 +445,11 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
         ready, _ = ray.wait([learner_ref, *loop_refs], num_returns=1, timeout=0.5)
         upkeep.check()
         upkeep.trim()
+        if evaluator is not None:
+            try:
+                evaluator.check()
+            except RuntimeError as exc:
+                raise ComponentFailed(str(exc)) from exc
         if time.monotonic() - last_refresh > 1.0:
             if metrics is not None:
                 metrics.refresh(pools.sizes)
@@ -421,6 +467,9 @@ def _monitor(pools, learner_ref, control, client, metrics, run_id, config, t_loo
                 heard[message.component] = time.monotonic()
             elif isinstance(message, StepReport):
                 printer(_progress(message, steps, t_loop, upkeep.waiting()[0]))
+                every = config.eval.every_steps
+                if evaluator is not None and message.step % every == 0 and message.step < steps:
+                    evaluator.request(message.step)  # the last step's round runs after the loops stop
             elif isinstance(message, ScaleRequest):
                 printer(
                     f"scale {message.pool} to {message.size}: "
@@ -531,6 +580,8 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         "learner_version": learner_result["learner_version"],
         "actor_versions": actor_versions,
         "completions_generated": completions,
+        # evaluation prompts the actors sampled (eval.*): never written to a stream
+        "eval_requests": sum(s.eval_requests for s in actor_stats),
         "completion_tokens_generated": tokens,
         "completions_per_s": completions / loop_s if loop_s else 0.0,
         "tokens_per_s": tokens / loop_s if loop_s else 0.0,

@@ -65,6 +65,12 @@ class RunMetrics:
         self.verdicts = counter(
             "pope_preprocess_verifications", "Completions verified, by verdict.", "verdict"
         )
+        self.eval_pass_at_k = gauge(
+            "pope_eval_pass_at_k",
+            "Unguided pass@k of the last evaluation (eval.*), per held-out set.",
+            "set",
+            "k",
+        )
         self.timeouts = counter("pope_preprocess_verifier_timeouts", "Verifications killed at the deadline.")
         self._seen: dict[tuple, float] = {}
         self.server = None
@@ -114,6 +120,11 @@ class RunMetrics:
         elif isinstance(message, WeightsPublished):
             self.learner_version.labels(rid).set(message.version)
             self.broadcast_s.labels(rid).set(message.broadcast_s)
+
+    def observe_eval(self, name: str, pass_at_k: dict[str, float]) -> None:
+        """An evaluation round's pass@k of set ``name`` (``{"1": 0.25, ...}``)."""
+        for k, value in pass_at_k.items():
+            self.eval_pass_at_k.labels(self.run_id, name, k).set(value)
 
     def refresh(self, pool_sizes: dict[str, int]) -> None:
         """Stream gauges, read from Redis now, and the pool sizes."""

@@ -114,7 +114,7 @@ class Pools:
         from learner.trainer import Learner
 
         lcfg = self.config.learner
-        opts = self._options("learner", lcfg.num_cpus, lcfg.num_gpus, lcfg.resources, lcfg.torch_threads, 2)
+        opts = self._options("learner", lcfg.num_cpus, lcfg.num_gpus, lcfg.resources, lcfg.torch_threads, 3)
         handles = [m.handle for m in self.actors]
         self.learner = (
             ray.remote(Learner)

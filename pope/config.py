@@ -595,6 +595,73 @@ class AutoscaleConfig(Section):
         return self
 
 
+class EvalConfig(Section):
+    """Evaluation during ``pope train`` (orchestrator/evaluation.py): unguided pass@k on held-out
+    sets, sampled by the run's own actor pool and scored by the same verifier, before the first
+    step, every ``every_steps`` learner steps and after the last; off by default."""
+
+    every_steps: int = Field(
+        0, ge=0, description="Evaluate every this many learner steps (and at step 0 and the end); 0 = off."
+    )
+    sets: list[str] = Field(
+        default_factory=list,
+        description="Held-out problem sets: .jsonl/.parquet files (the data.*_field names apply), or "
+        "hf:ORG/NAME[:CONFIG][:SPLIT]. Each is named by its file stem (or the hf name) in eval.jsonl and "
+        "the eval/<set>/pass@<k> scalars.",
+    )
+    n: int = Field(8, ge=1, le=4096, description="Samples per problem; pass@k is estimated from these n.")
+    k: list[int] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="The k of pass@k (unbiased estimator, pope/passk.py); each in [1, n].",
+    )
+    max_problems: int | None = Field(
+        None, ge=1, description="Evaluate only the first this many problems of each set; unset: all."
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=131072,
+        description="Generation budget per sample, tokens; unset: actors.max_new_tokens.",
+    )
+    temperature: float | None = Field(
+        None, gt=0.0, le=4.0, description="Sampling temperature; unset: actors.temperature."
+    )
+    timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="One evaluation (every set, every actor) failing to finish in this long fails it.",
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _k_positive_and_once(cls, ks: list[int]) -> list[int]:
+        if any(k < 1 for k in ks) or len(set(ks)) != len(ks):
+            raise ValueError(f"k: each at least 1, none twice; got {ks}")
+        return sorted(ks)
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> EvalConfig:
+        if max(self.k) > self.n:
+            raise ValueError(f"eval.k: {max(self.k)} exceeds eval.n ({self.n}); pass@k needs k <= n samples")
+        if self.every_steps and not self.sets:
+            raise ValueError("eval.sets: empty while eval.every_steps > 0; name at least one set")
+        if len(set(self.set_names)) != len(self.sets):
+            raise ValueError(f"eval.sets: two sets share a name ({self.set_names}); rename a file")
+        return self
+
+    @property
+    def set_names(self) -> list[str]:
+        return [source_name(source) for source in self.sets]
+
+
+def source_name(source: str) -> str:
+    """A problem source's short name: a file's stem, or an hf: name with / and : as _."""
+    if source.startswith("hf:"):
+        return source.removeprefix("hf:").replace("/", "_").replace(":", "_")
+    return Path(source).stem
+
+
 class PopeConfig(Section):
     """The root config: one section per component."""
 
@@ -609,6 +676,7 @@ class PopeConfig(Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _sections_agree(self) -> PopeConfig:
@@ -627,6 +695,11 @@ class PopeConfig(Section):
         if self.actors.max_new_tokens >= engine.max_model_len:
             raise ValueError(
                 f"actors.max_new_tokens ({self.actors.max_new_tokens}) must be below "
+                f"actors.engine.max_model_len ({engine.max_model_len})"
+            )
+        if (self.eval.max_new_tokens or 0) >= engine.max_model_len:
+            raise ValueError(
+                f"eval.max_new_tokens ({self.eval.max_new_tokens}) must be below "
                 f"actors.engine.max_model_len ({engine.max_model_len})"
             )
         if self.preprocess.advantage == "passk" and self.preprocess.passk_k > self.actors.num_rollouts:

@@ -1,0 +1,153 @@
+"""Evaluation during training (``eval.*``, orchestrator/evaluation.py): the config's checks, the
+rows' pass@k against a naive float64 reference, and a real ``pope train`` run (local Ray, Redis,
+vLLM-CPU actors, math-verify, the DeepSpeed-CPU learner) that evaluates a held-out set at steps
+0, 1 and 2 through its own actors, with none of those samples reaching the training stream."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator.evaluation import eval_row, eval_scalars
+from pope.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def naive_pass_at_k(n: int, c: int, k: int) -> float:
+    """1 - C(n-c, k) / C(n, k) in exact integers, then float64."""
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@pytest.mark.unit
+def test_the_eval_section_is_validated_naming_the_key():
+    config = load_config(None, ["eval.every_steps=2", "eval.sets=[a/x.jsonl,hf:org/set:main:test]",
+                                "eval.n=4", "eval.k=[4,1,2]"])  # fmt: skip
+    assert config.eval.k == [1, 2, 4] and config.eval.set_names == ["x", "org_set_main_test"]
+    assert config.eval.max_new_tokens is None and config.eval.temperature is None  # the actors' then
+    assert load_config(None, []).eval.every_steps == 0  # off by default
+    for overrides, message in (
+        (["eval.n=4", "eval.k=[1,5]"], "eval.k: 5 exceeds eval.n"),
+        (["eval.k=[0]"], "eval.k"),
+        (["eval.k=[2,2]"], "none twice"),
+        (["eval.every_steps=1"], "eval.sets: empty"),
+        (["eval.sets=[a/x.jsonl,b/x.jsonl]"], "share a name"),
+        (["eval.nn=4"], "eval.nn: unknown key"),
+        (["eval.every_steps=-1"], "eval.every_steps"),
+        (["eval.max_new_tokens=256"], "eval.max_new_tokens \\(256\\) must be below"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(ROOT / "configs" / "demo_cpu.yaml", overrides)
+
+
+@pytest.mark.unit
+def test_a_rows_pass_at_k_is_the_mean_of_the_naive_estimate_over_problems():
+    counts = [0, 1, 3, 8, 5]
+    row = eval_row(7, "held", [f"p{i}" for i in range(5)], counts, 8, [1, 2, 8], (6, 7))
+    assert row["correct"] == {"p0": 0, "p1": 1, "p2": 3, "p3": 8, "p4": 5}
+    assert (row["step"], row["set"], row["n"], row["problems"]) == (7, "held", 8, 5)
+    assert (row["weight_version_start"], row["weight_version_end"]) == (6, 7)
+    for k in (1, 2, 8):
+        expected = sum(naive_pass_at_k(8, c, k) for c in counts) / len(counts)
+        assert row["pass_at_k"][str(k)] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # by hand: pass@1 is the mean success rate, pass@8 of 8 samples whether any is correct
+    assert row["pass_at_k"]["1"] == pytest.approx(17 / 40, rel=1e-12)
+    assert row["pass_at_k"]["8"] == pytest.approx(4 / 5, rel=1e-12)
+    assert eval_scalars(row) == {f"eval/held/pass@{k}": row["pass_at_k"][str(k)] for k in (1, 2, 8)}
+    with pytest.raises(ValueError, match="too few for k=9"):
+        eval_row(0, "held", ["p0"], [1], 8, [9], (0, 0))
+
+
+# held-out problems: ids of their own, answers the built-in verifier checks
+HELD_OUT = [{"id": f"heldout-{i}", "problem": f"Compute {a} + {b}.", "answer": str(a + b)}
+            for i, (a, b) in enumerate([(2, 3), (10, 7), (4, 4)])]  # fmt: skip
+STEPS = 2
+N = 4
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_pope_train_evaluates_the_held_out_set_at_steps_0_1_2_through_its_own_actors(
+    tmp_path, redis_server, redis_client
+):
+    """An external Redis (the fixture's), so both streams can be read afterwards."""
+    pytest.importorskip("vllm")
+    from broker.accounting import read_all
+    from broker.schemas import RolloutGroup, ScoredGroup
+    from orchestrator.launcher import train
+    from tests.test_tracking import tensorboard_scalars
+
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
+    overrides = [
+        f"run.output_dir={tmp_path}", "actors.max_new_tokens=32", f"learner.steps={STEPS}",
+        "learner.data_timeout_s=300", "metrics.port=0", "broker.trim_every_s=0", "checkpoint.save_final=false",
+        "eval.every_steps=1", f"eval.sets=[{held}]", f"eval.n={N}", "eval.k=[1,2,4]",
+        "logging.trackers=[tensorboard]", f"broker.redis_url={redis_server.url}",
+    ]  # fmt: skip
+    config = load_config(ROOT / "configs" / "demo_cpu.yaml", overrides)
+    assert config.actors.num_actors == 2 and config.actors.engine.type == "vllm"  # continuous, 2 shares
+    metrics_seen: list[str] = []
+
+    def printer(line: str) -> None:  # reads the Prometheus endpoint once the last round is logged
+        print(line)
+        if line.startswith("metrics: "):
+            metrics_seen.append(line.removeprefix("metrics: "))
+        if line.startswith(f"eval step {STEPS}:"):
+            metrics_seen.append(urllib.request.urlopen(metrics_seen[0], timeout=10).read().decode())
+
+    summary = train(config, printer=printer)
+    run_dir = Path(summary["run_dir"])
+    assert summary["steps"] == STEPS and summary["groups_lost"] == 0
+
+    rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["set"]) for r in rows] == [(0, "held"), (1, "held"), (2, "held")]
+    ids = [p["id"] for p in HELD_OUT]
+    for row in rows:
+        assert row["n"] == N and row["problems"] == 3 and list(row["correct"]) == ids
+        assert all(0 <= c <= N for c in row["correct"].values())
+        for k in (1, 2, 4):
+            expected = sum(naive_pass_at_k(N, c, k) for c in row["correct"].values()) / 3
+            assert row["pass_at_k"][str(k)] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # step 0 before any update, the last after it: exactly those weights
+    assert (rows[0]["weight_version_start"], rows[0]["weight_version_end"]) == (0, 0)
+    assert (rows[-1]["weight_version_start"], rows[-1]["weight_version_end"]) == (STEPS, STEPS)
+    assert 1 <= rows[1]["weight_version_start"] <= rows[1]["weight_version_end"] <= STEPS
+    assert summary["eval"]["rounds"] == 3
+
+    # the actors sampled the held-out prompts, and none reached a stream: the books still balance
+    # and no rollout or scored group on either stream is of a held-out problem
+    assert summary["groups_generated"] == summary["groups_trained"] + summary["groups_in_flight_at_stop"]
+    assert summary["eval_requests"] == 3 * len(HELD_OUT)  # 3 rounds, every problem once each
+    on_streams = set()
+    for stream in ("rollouts", "train"):
+        for _, message in read_all(redis_client, summary["run_id"], stream):
+            group = message.group if isinstance(message, ScoredGroup) else message
+            assert isinstance(group, RolloutGroup)
+            on_streams.add(group.problem_id)
+    assert on_streams and not on_streams & set(ids)
+    trained_problems = {
+        g["problem_id"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        for g in json.loads(line)["groups"]
+    }  # fmt: skip
+    assert trained_problems and not trained_problems & set(ids)
+
+    # the trackers got eval/held/pass@k at steps 0, 1, 2
+    scalars = tensorboard_scalars(run_dir / "tensorboard")
+    for k in (1, 2, 4):
+        got = scalars[f"eval/held/pass@{k}"]
+        assert [step for step, _ in got] == [0, 1, 2]
+        for (_, value), row in zip(got, rows, strict=True):
+            assert value == pytest.approx(row["pass_at_k"][str(k)], rel=1e-6, abs=1e-7)
+    assert summary["tracking"]["errors"] == {}
+
+    # Prometheus: the last round's values, labelled with the run id, the set and k
+    page = metrics_seen[1]
+    for k in (1, 2, 4):
+        label = f'pope_eval_pass_at_k{{run_id="{summary["run_id"]}",set="held",k="{k}"}}'
+        (line,) = [text for text in page.splitlines() if text.startswith(label)]
+        assert float(line.split()[-1]) == pytest.approx(rows[-1]["pass_at_k"][str(k)], rel=1e-9)
