@@ -52,7 +52,6 @@ class ActorStats:
     backpressure_wait_s: float = 0.0
     weight_updates: int = 0
     group_ids: list[str] = field(default_factory=list)
-    eval_requests: int = 0  # evaluation prompts sampled (never written to a stream)
 
 
 @dataclass
@@ -418,7 +417,6 @@ class RolloutActor:
         two training calls, so training generation pauses exactly as long as the evaluation runs."""
         spec = [PromptSpec(p, "unguided", 0) for p in problems]
         prompt_ids = [self.encode(render_prompt(self.tokenizer, s, self.config.data)) for s in spec]
-        self.stats.eval_requests += len(problems)
         if self.stream is not None and self.calls.running:
             return self._evaluate_continuous(prompt_ids, settings, timeout_s)
 

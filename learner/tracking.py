@@ -168,7 +168,10 @@ class MlflowTracker:
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         now_ms = int(time.time() * 1000)
-        metrics = [self.metric(key, value, now_ms, step) for key, value in scalars.items()]
+        # MLflow's names take no '@': eval/<set>/pass@<k> is eval/<set>/pass_at_<k> there
+        metrics = [
+            self.metric(key.replace("@", "_at_"), value, now_ms, step) for key, value in scalars.items()
+        ]
         for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 

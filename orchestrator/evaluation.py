@@ -100,6 +100,7 @@ class TrainingEval:
         self.verifier = Verifier(config.preprocess.verify_timeout_s, config.preprocess.reasoning_delimiter)
         self.rows: list[dict] = []
         self.rounds_s: list[float] = []
+        self.prompts = 0  # evaluation prompts the actors sampled, eval.n completions each
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="pope-eval", daemon=True)
@@ -151,6 +152,7 @@ class TrainingEval:
                 for share in shares
             ]
             results = ray.get(refs, timeout=self.config.timeout_s)
+            self.prompts += len(problems)
             pairs, ids = [], []
             for share, result in zip(shares, results, strict=True):
                 for problem, texts in zip(share.problems, result.texts, strict=True):
@@ -204,6 +206,7 @@ class TrainingEval:
     def summary(self) -> dict:
         return {
             "rounds": len(self.rounds_s),
+            "prompts": self.prompts,
             "round_s": self.rounds_s,
             "last": {row["set"]: row["pass_at_k"] for row in self.rows[-len(self.sets) :]}
             if self.rows

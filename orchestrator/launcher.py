@@ -580,8 +580,6 @@ def _account(client, run_id, learner_result, stats, wall, actor_versions, probe_
         "learner_version": learner_result["learner_version"],
         "actor_versions": actor_versions,
         "completions_generated": completions,
-        # evaluation prompts the actors sampled (eval.*): never written to a stream
-        "eval_requests": sum(s.eval_requests for s in actor_stats),
         "completion_tokens_generated": tokens,
         "completions_per_s": completions / loop_s if loop_s else 0.0,
         "tokens_per_s": tokens / loop_s if loop_s else 0.0,

@@ -1,6 +1,7 @@
 """``pope report``: one self-contained HTML page of a run (``runs/<run_id>/report.html``).
 
     metrics.jsonl ──> panels (one per quantity, each a list of series of (step, value))
+    eval.jsonl    ──┘     │ (evaluation rows as eval/<set>/pass@<k> points at their steps)
     config.yaml   ──┐     │ matplotlib (Agg) ──> inline SVG; the same numbers in a table under it
     summary.json  ──┴─> header (run id, config summary, summary numbers)
                           └──> report.html: no script, no stylesheet or image fetched from anywhere
@@ -130,6 +131,22 @@ def _keys(lines: list[dict], accept: Callable[[str], bool]) -> list[str]:
     return sorted({k for line in lines for k in line if accept(k)})
 
 
+def eval_points(rows: list[dict]) -> list[dict]:
+    """eval.jsonl rows (orchestrator/evaluation.py) as lines of metrics: ``{"step": s,
+    "eval/<set>/pass@<k>": value}``; a row without a step, a set or its pass@k is left out."""
+    out = []
+    for row in rows:
+        values = row.get("pass_at_k")
+        if (
+            _number(row.get("step")) is None
+            or not isinstance(row.get("set"), str)
+            or not isinstance(values, dict)
+        ):
+            continue
+        out.append({"step": row["step"], **{f"eval/{row['set']}/pass@{k}": v for k, v in values.items()}})
+    return out
+
+
 def _eval_fields(line: dict) -> dict:
     """The line's evaluation numbers, nested dicts flattened (``eval_pass_at_k: {"1": x}`` gives
     ``eval_pass_at_k/1``)."""
@@ -172,6 +189,17 @@ def eval_panel(lines: list[dict]) -> Panel:
     keys = _keys(flat, lambda k: k != "step")
     return Panel("eval", "Evaluation pass@k", "pass@k", "eval/... or eval_pass_at_k...",
                  [_series(flat, k) for k in keys])  # fmt: skip
+
+
+def headline_panel(lines: list[dict]) -> Panel:
+    """The method's question on one axis: does solving the hard set unguided in training come with
+    held-out pass@k?"""
+    flat = [{"step": line.get("step"), **_eval_fields(line)} for line in lines]
+    keys = _keys(flat, lambda k: k != "step")
+    return Panel("headline", "Hard set solved unguided (training) and held-out pass@k (evaluation)", "share",
+                 "hard_solved_unguided_fraction, eval.jsonl",
+                 [_series(lines, "hard_solved_unguided_fraction", "hard set solved unguided")]
+                 + [_series(flat, k) for k in keys])  # fmt: skip
 
 
 def entropy_panel(lines: list[dict]) -> Panel:
@@ -248,6 +276,7 @@ PANELS: tuple[Callable[[list[dict]], Panel], ...] = (
     solve_rate_panel,
     hard_solved_panel,
     eval_panel,
+    headline_panel,
     entropy_panel,
     clip_panel,
     loss_panel,
@@ -428,6 +457,7 @@ def render_report(run_dir: Path) -> str:
     if not metrics_path.is_file() and not (run_dir / "config.yaml").is_file():
         raise ReportError(f"{run_dir} is not a run folder: it holds neither metrics.jsonl nor config.yaml")
     lines, torn = read_metrics(metrics_path)
+    evaluations = eval_points(read_metrics(run_dir / "eval.jsonl")[0])
     config = _read_yaml(run_dir / "config.yaml")
     summary = _read_summary(run_dir / "summary.json")
     run_id = summary.get("run_id") or _dotted(config, "run.run_id") or run_dir.name
@@ -459,7 +489,7 @@ def render_report(run_dir: Path) -> str:
         if config
         else ""
     )
-    plots = "\n".join(panel_html(build(lines)) for build in PANELS)
+    plots = "\n".join(panel_html(build(lines + evaluations)) for build in PANELS)
     title = f"pope run {html.escape(str(run_id))}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>

@@ -2,7 +2,7 @@
 
 A run matches when its saved ``config.yaml``, read with today's defaults, equals the config in
 every run-defining field: all of them except those in ``NOT_RUN_DEFINING`` (what the run is
-called and where it lives, how long it trains, how it checkpoints, how it is watched, and its
+called and where it lives, how long it trains, how it checkpoints, how it is watched and evaluated, and its
 deadlines). A model, data, seed, pool, sampling, broker or learner setting that differs makes it
 another run. Among the matching runs with a published resumable checkpoint (``checkpoints/latest``,
 replaced by rename only once the tag's files are on disk), the one published last wins (the
@@ -21,7 +21,7 @@ import yaml
 from pope.config import ConfigError, PopeConfig, dump_config, load_config
 
 # dotted prefixes of fields that do not define a run: a resume may change them
-NOT_RUN_DEFINING = ("run.run_id", "run.output_dir", "learner.steps", "checkpoint", "metrics")
+NOT_RUN_DEFINING = ("run.run_id", "run.output_dir", "learner.steps", "checkpoint", "metrics", "eval")
 DEADLINE_SUFFIX = "_timeout_s"  # every deadline (engine call, step, broadcast, data) may change too
 
 

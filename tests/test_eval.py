@@ -62,9 +62,9 @@ def test_a_rows_pass_at_k_is_the_mean_of_the_naive_estimate_over_problems():
         eval_row(0, "held", ["p0"], [1], 8, [9], (0, 0))
 
 
-# held-out problems: ids of their own, answers the built-in verifier checks
-HELD_OUT = [{"id": f"heldout-{i}", "problem": f"Compute {a} + {b}.", "answer": str(a + b)}
-            for i, (a, b) in enumerate([(2, 3), (10, 7), (4, 4)])]  # fmt: skip
+# held-out problems, with answers math-verify checks; their ids are <file stem>-<row> (data.id_field unset)
+HELD_OUT = [{"problem": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(2, 3), (10, 7), (4, 4)]]
+HELD_OUT_IDS = ["held-1", "held-2", "held-3"]
 STEPS = 2
 N = 4
 
@@ -106,7 +106,7 @@ def test_pope_train_evaluates_the_held_out_set_at_steps_0_1_2_through_its_own_ac
 
     rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [(r["step"], r["set"]) for r in rows] == [(0, "held"), (1, "held"), (2, "held")]
-    ids = [p["id"] for p in HELD_OUT]
+    ids = HELD_OUT_IDS
     for row in rows:
         assert row["n"] == N and row["problems"] == 3 and list(row["correct"]) == ids
         assert all(0 <= c <= N for c in row["correct"].values())
@@ -122,7 +122,7 @@ def test_pope_train_evaluates_the_held_out_set_at_steps_0_1_2_through_its_own_ac
     # the actors sampled the held-out prompts, and none reached a stream: the books still balance
     # and no rollout or scored group on either stream is of a held-out problem
     assert summary["groups_generated"] == summary["groups_trained"] + summary["groups_in_flight_at_stop"]
-    assert summary["eval_requests"] == 3 * len(HELD_OUT)  # 3 rounds, every problem once each
+    assert summary["eval"]["prompts"] == 3 * len(HELD_OUT)  # 3 rounds, every problem once each
     on_streams = set()
     for stream in ("rollouts", "train"):
         for _, message in read_all(redis_client, summary["run_id"], stream):
@@ -148,6 +148,64 @@ def test_pope_train_evaluates_the_held_out_set_at_steps_0_1_2_through_its_own_ac
     # Prometheus: the last round's values, labelled with the run id, the set and k
     page = metrics_seen[1]
     for k in (1, 2, 4):
-        label = f'pope_eval_pass_at_k{{run_id="{summary["run_id"]}",set="held",k="{k}"}}'
+        label = f'pope_eval_pass_at_k{{k="{k}",run_id="{summary["run_id"]}",set="held"}}'
         (line,) = [text for text in page.splitlines() if text.startswith(label)]
         assert float(line.split()[-1]) == pytest.approx(rows[-1]["pass_at_k"][str(k)], rel=1e-9)
+
+
+@pytest.mark.unit
+def test_eval_scalars_reach_tensorboard_and_mlflow_at_their_step_after_later_steps(tmp_path):
+    """A round finishes while training goes on: its step is below the last one logged."""
+    from mlflow.tracking import MlflowClient
+
+    from learner.tracking import Tracking
+    from pope.config import LoggingConfig
+    from tests.test_tracking import tensorboard_scalars
+
+    tracking = Tracking(LoggingConfig(trackers=["tensorboard", "mlflow"]), tmp_path, "r1")
+    tracking.start({})
+    tracking.log_eval(0, {"eval/held/pass@1": 0.25})
+    tracking.log_step(1, {"step": 1, "loss": 0.5}, [])
+    tracking.log_step(2, {"step": 2, "loss": 0.25}, [])
+    tracking.log_eval(1, {"eval/held/pass@1": 0.5})  # behind step 2
+    tracking.close()
+    assert tracking.summary()["errors"] == {}
+    assert tensorboard_scalars(tmp_path / "tensorboard")["eval/held/pass@1"] == [(0, 0.25), (1, 0.5)]
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("pope").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "eval/held/pass_at_1")  # MLflow's names take no @
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.25), (1, 0.5)]
+
+
+@pytest.mark.integration
+def test_wandb_draws_eval_scalars_against_eval_step(tmp_path, monkeypatch):
+    """W&B drops a row below its last step: a late round joins the row being logged, with eval/step."""
+    import subprocess
+    import sys
+
+    from learner.tracking import Tracking
+    from pope.config import LoggingConfig
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for variable in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):  # nothing written under ~
+        monkeypatch.setenv(variable, str(tmp_path / "home" / variable))
+    tracking = Tracking(LoggingConfig(trackers=["wandb"], wandb={"project": "pope-test"}), tmp_path, "r1")
+    tracking.start({})
+    tracking.log_step(1, {"step": 1, "loss": 0.5}, [])
+    tracking.log_step(2, {"step": 2, "loss": 0.25}, [])
+    tracking.log_eval(1, {"eval/held/pass@1": 0.5})  # behind step 2
+    tracking.log_step(3, {"step": 3, "loss": 0.125}, [])
+    tracking.close()
+    assert tracking.summary()["errors"] == {}
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True,
+                         text=True, check=True, timeout=120).stdout  # fmt: skip
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    history = [r["history"] for r in records if r["type"] == "history"]
+    assert [h["step"]["num"] for h in history] == [1, 2, 3]
+    evals = [
+        (h["item"]["eval/step"], h["item"]["eval/held/pass@1"]) for h in history if "eval/step" in h["item"]
+    ]
+    assert evals == [(1, 0.5)]
+    assert [h["item"]["loss"] for h in history] == [0.5, 0.25, 0.125]

@@ -81,6 +81,14 @@ def _line(step: int) -> dict:
     return line
 
 
+# eval.jsonl as orchestrator/evaluation.py writes it: the held-out set at steps 0, 3 and 6
+EVAL_ROWS = [
+    {"step": s, "weight_version_start": s, "weight_version_end": s, "set": "held", "n": 4, "k": [1, 4],
+     "problems": 2, "pass_at_k": {"1": 0.125 * s / 3, "4": 0.25 + 0.125 * s / 3}, "correct": {"a": 0, "b": 0}}
+    for s in (0, 3, 6)
+]  # fmt: skip
+
+
 def _expected_lags() -> dict[int, int]:
     """The histogram by a naive loop over STARTS, apart from the code under test."""
     counts: dict[int, int] = {}
@@ -176,6 +184,7 @@ def run_dir(tmp_path) -> Path:
     (run / "metrics.jsonl").write_text("".join(json.dumps(_line(s)) + "\n" for s in range(1, STEPS + 1)))
     (run / "config.yaml").write_text("run:\n  run_id: r-known\nmodel:\n  path: builtin:tiny-qwen2\n"
                                      "learner:\n  steps: 6\n  lr: 0.001\nactors:\n  engine:\n    type: vllm\n")  # fmt: skip
+    (run / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in EVAL_ROWS))
     (run / "summary.json").write_text(json.dumps({"run_id": "r-known", "steps": 6, "groups_lost": 0,
                                                   "wall_s": {"total_s": 61.5}, "trained_group_ids": ["a"]}))  # fmt: skip
     return run
@@ -218,7 +227,14 @@ def test_every_plot_holds_the_numbers_of_the_lines(run_dir):
         "solve_rate": {"guided": by_step(lambda s: 0.5), "unguided": by_step(lambda s: 0.25 * (s % 2))},
         "hard_solved": {"unguided": by_step(lambda s: s / 64)},
         "eval": {"eval/aime/pass@1": by_step(lambda s: 0.01 * s, [3, 6]),
-                 "eval_pass_at_k/4": by_step(lambda s: 0.03 * s, [3, 6])},
+                 "eval_pass_at_k/4": by_step(lambda s: 0.03 * s, [3, 6]),
+                 "eval/held/pass@1": by_step(lambda s: 0.125 * s / 3, [0, 3, 6]),
+                 "eval/held/pass@4": by_step(lambda s: 0.25 + 0.125 * s / 3, [0, 3, 6])},
+        "headline": {"hard set solved unguided": by_step(lambda s: s / 64),
+                     "eval/aime/pass@1": by_step(lambda s: 0.01 * s, [3, 6]),
+                     "eval_pass_at_k/4": by_step(lambda s: 0.03 * s, [3, 6]),
+                     "eval/held/pass@1": by_step(lambda s: 0.125 * s / 3, [0, 3, 6]),
+                     "eval/held/pass@4": by_step(lambda s: 0.25 + 0.125 * s / 3, [0, 3, 6])},
         "entropy": {"entropy": by_step(lambda s: 2.0 - 0.1 * s, [1, 2, 3, 5, 6])},
         "clip": {"low (ratio < 1 - eps)": by_step(lambda s: 0.01 * s),
                  "high (ratio > 1 + eps)": by_step(lambda s: 0.02 * s)},
@@ -281,8 +297,8 @@ def test_fields_a_run_did_not_log_are_shown_as_not_recorded(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 3, "lo')
     parsed = _parse(render_report(run))
     absent = {n.removeprefix("plot-") for n, f in parsed.figures.items() if "absent" in f["class"]}
-    assert absent == {"solve_rate", "hard_solved", "eval", "entropy", "clip", "policy_lag", "policy_lag_hist",
-                      "buffer_lag"}  # fmt: skip
+    assert absent == {"solve_rate", "hard_solved", "eval", "headline", "entropy", "clip", "policy_lag",
+                      "policy_lag_hist", "buffer_lag"}  # fmt: skip
     for name in absent:
         fig = parsed.figures[f"plot-{name}"]
         assert "not recorded in this run" in fig["text"] and not fig["svg"]
@@ -370,7 +386,7 @@ def test_the_page_loads_in_chromium_with_every_plot_and_no_console_error(run_dir
         assert not fig["absent"] and fig["width"] > 300 and fig["height"] > 100, fig
     drawn = {k.removeprefix("plot-"): f["drawn"] for k, f in figures.items()}
     # lines per panel; bars: the lag histogram's 3 values, the step split's 5 layers x 6 steps
-    assert drawn == {"reward": 3, "solve_rate": 2, "hard_solved": 1, "eval": 2, "entropy": 1, "clip": 2,
+    assert drawn == {"reward": 3, "solve_rate": 2, "hard_solved": 1, "eval": 4, "headline": 5, "entropy": 1, "clip": 2,
                      "loss": 1, "policy_lag": 3, "policy_lag_hist": 3, "buffer_lag": 2,
                      "step_time": 5 * STEPS}  # fmt: skip
     width, height = _png_size(load.screenshot_png)
