@@ -71,11 +71,15 @@ N = 4
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["vllm", "hf"])
 def test_pope_train_evaluates_the_held_out_set_at_steps_0_1_2_through_its_own_actors(
-    tmp_path, redis_server, redis_client
+    tmp_path, redis_server, redis_client, engine
 ):
-    """An external Redis (the fixture's), so both streams can be read afterwards."""
-    pytest.importorskip("vllm")
+    """vLLM: the round between steps decodes beside the training groups (continuous generation);
+    HF: it is one engine call between two training calls. An external Redis (the fixture's), so
+    both streams can be read afterwards."""
+    if engine == "vllm":
+        pytest.importorskip("vllm")
     from broker.accounting import read_all
     from broker.schemas import RolloutGroup, ScoredGroup
     from orchestrator.launcher import train
@@ -89,8 +93,10 @@ def test_pope_train_evaluates_the_held_out_set_at_steps_0_1_2_through_its_own_ac
         "eval.every_steps=1", f"eval.sets=[{held}]", f"eval.n={N}", "eval.k=[1,2,4]",
         "logging.trackers=[tensorboard]", f"broker.redis_url={redis_server.url}",
     ]  # fmt: skip
-    config = load_config(ROOT / "configs" / "demo_cpu.yaml", overrides)
-    assert config.actors.num_actors == 2 and config.actors.engine.type == "vllm"  # continuous, 2 shares
+    preset = {"vllm": "demo_cpu.yaml", "hf": "demo_cpu_hf.yaml"}[engine]
+    config = load_config(ROOT / "configs" / preset, overrides)
+    assert config.actors.num_actors == 2 and config.actors.engine.type == engine  # 2 shares per round
+    assert config.actors.continuous == (engine == "vllm")
     metrics_seen: list[str] = []
 
     def printer(line: str) -> None:  # reads the Prometheus endpoint once the last round is logged
