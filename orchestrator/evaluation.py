@@ -31,7 +31,7 @@ from pope.datasets import FieldMap, load_source
 from pope.passk import pass_at_k_table
 from pope.problems import Problem
 
-EVAL_SEED_BASE = 1 << 61  # training's seeds (pope.prompts.request_seed) stay below 2^57 per run seed
+EVAL_SEED_BASE = 1 << 61  # above every training seed (pope.prompts.request_seed: below 2^58 for G <= 64)
 
 
 def load_eval_sets(config: PopeConfig) -> dict[str, list[Problem]]:

@@ -62,6 +62,27 @@ def test_a_rows_pass_at_k_is_the_mean_of_the_naive_estimate_over_problems():
         eval_row(0, "held", ["p0"], [1], 8, [9], (0, 0))
 
 
+@pytest.mark.unit
+def test_a_set_is_split_over_the_actors_in_slices_with_seeds_above_every_training_seed():
+    from types import SimpleNamespace
+
+    from orchestrator.evaluation import EVAL_SEED_BASE, TrainingEval
+    from pope.problems import Problem
+    from pope.prompts import request_seed
+
+    problems = [Problem(f"p{i}", f"Compute {i} + 1.", str(i + 1)) for i in range(5)]
+    evaluator = SimpleNamespace(config=SimpleNamespace(n=4), seed_base=EVAL_SEED_BASE)
+    shares = TrainingEval._shares(evaluator, problems, 2, offset=3)
+    assert [(s.actor, [p.problem_id for p in s.problems]) for s in shares] == [
+        (0, ["p0", "p1", "p2"]), (1, ["p3", "p4"])
+    ]  # fmt: skip
+    # by hand: problem j of the set is the (3 + j)-th of the round, n = 4 seeds apart
+    assert [seed - EVAL_SEED_BASE for s in shares for seed in s.seeds] == [12, 16, 20, 24, 28]
+    assert len(TrainingEval._shares(evaluator, problems[:1], 3, 0)) == 1  # no actor gets an empty share
+    # the largest training seed (run seed 4095, G = 64, the last position) is below the eval range
+    assert request_seed(4095, (1 << 40) - 1, 64) + 63 < EVAL_SEED_BASE
+
+
 # held-out problems, with answers math-verify checks; their ids are <file stem>-<row> (data.id_field unset)
 HELD_OUT = [{"problem": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(2, 3), (10, 7), (4, 4)]]
 HELD_OUT_IDS = ["held-1", "held-2", "held-3"]
