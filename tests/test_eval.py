@@ -172,6 +172,19 @@ def test_pope_train_evaluates_the_held_out_set_at_steps_0_1_2_through_its_own_ac
             assert value == pytest.approx(row["pass_at_k"][str(k)], rel=1e-6, abs=1e-7)
     assert summary["tracking"]["errors"] == {}
 
+    # the report written at the end draws the rounds, and the headline beside the hard set's curve
+    from tests.test_report import _parse, _table
+
+    figures = _parse((run_dir / "report.html").read_text()).figures
+    for name in ("eval", "headline"):
+        assert "absent" not in figures[f"plot-{name}"]["class"], name
+        drawn = _table(figures[f"plot-{name}"])
+        for k in (1, 2, 4):
+            assert drawn[f"eval/held/pass@{k}"] == {
+                float(r["step"]): pytest.approx(r["pass_at_k"][str(k)], abs=1e-6) for r in rows
+            }
+    assert "hard set solved unguided" in _table(figures["plot-headline"])
+
     # Prometheus: the last round's values, labelled with the run id, the set and k
     page = metrics_seen[1]
     for k in (1, 2, 4):
