@@ -90,6 +90,25 @@ STEPS = 2
 N = 4
 
 
+@pytest.mark.unit
+def test_eval_sets_load_validated_by_name_and_cut_to_max_problems(tmp_path):
+    from orchestrator.evaluation import load_eval_sets
+    from pope.datasets import DataError
+
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
+    config = load_config(None, ["eval.every_steps=1", f"eval.sets=[{held}]", "eval.max_problems=2"])
+    ((name, problems),) = load_eval_sets(config).items()
+    assert name == "held" and [(p.problem_id, p.answer) for p in problems] == [
+        ("held-1", "5"),
+        ("held-2", "17"),
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"problem": "Compute 1 + 1."}) + "\n")  # no answer: every row bad
+    with pytest.raises(DataError):
+        load_eval_sets(load_config(None, ["eval.every_steps=1", f"eval.sets=[{bad}]"]))
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["vllm", "hf"])
