@@ -101,6 +101,7 @@ class TrainingEval:
         self.rows: list[dict] = []
         self.rounds_s: list[float] = []
         self.prompts = 0  # evaluation prompts the actors sampled, eval.n completions each
+        self.rounds_lost: dict[int, str] = {}  # step -> why (an actor died during the round)
         self._queue: queue.Queue[int | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="pope-eval", daemon=True)
@@ -135,10 +136,25 @@ class TrainingEval:
                 self._error = exc
 
     def run_round(self, step: int) -> list[dict]:
-        """Every set through the actors, scored, written, logged; the round's rows."""
+        """Every set through the actors, scored, written, logged; the round's rows. An actor that
+        dies meanwhile (Ray restarts it, the launcher puts it back in the run) loses the round: it is
+        counted in ``rounds_lost`` with the reason, no row is written, and the run goes on."""
         import ray
 
         start = time.monotonic()
+        try:
+            rows = self._sample_round(step)
+        except ray.exceptions.RayActorError as exc:  # deliberate: counted, the next round goes on
+            self.rounds_lost[step] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            self.printer(f"eval step {step}: lost, an actor died during the round ({type(exc).__name__})")
+            return []
+        self._publish(rows)
+        self.rounds_s.append(time.monotonic() - start)
+        return rows
+
+    def _sample_round(self, step: int) -> list[dict]:
+        import ray
+
         handles = list(self.actors())
         rows = []
         offset = 0  # a problem's seed: its place among all sets' problems
@@ -164,8 +180,6 @@ class TrainingEval:
             correct = [int(sum(rewards[i * n : (i + 1) * n])) for i in range(len(ids))]
             versions = (min(r.version_start for r in results), max(r.version_end for r in results))
             rows.append(eval_row(step, name, ids, correct, n, self.config.k, versions))
-        self._publish(rows)
-        self.rounds_s.append(time.monotonic() - start)
         return rows
 
     def _shares(self, problems: list[Problem], num_actors: int, offset: int) -> list[_Share]:
@@ -207,6 +221,7 @@ class TrainingEval:
         return {
             "rounds": len(self.rounds_s),
             "prompts": self.prompts,
+            "rounds_lost": {str(step): why for step, why in self.rounds_lost.items()},
             "round_s": self.rounds_s,
             "last": {row["set"]: row["pass_at_k"] for row in self.rows[-len(self.sets) :]}
             if self.rows

@@ -109,6 +109,83 @@ def test_eval_sets_load_validated_by_name_and_cut_to_max_problems(tmp_path):
         load_eval_sets(load_config(None, ["eval.every_steps=1", f"eval.sets=[{bad}]"]))
 
 
+class _AnsweringActor:
+    """Stands in for a rollout actor: sample i of the j-th problem of its share is correct iff i <= j."""
+
+    def evaluate(self, problems, settings, timeout_s):
+        from actors.actor import EvalSamples
+
+        texts = [[f"so $\\boxed{{{p.answer}}}$" if i <= j else "so $\\boxed{0}$" for i in range(settings.num_rollouts)]
+                 for j, p in enumerate(problems)]  # fmt: skip
+        return EvalSamples(texts, 3, 3)
+
+
+class _DyingActor:
+    def evaluate(self, problems, settings, timeout_s):
+        import os
+
+        os._exit(1)  # the process dies mid-call, as a SIGKILLed actor does
+
+
+class _Trackers:
+    """Stands in for the learner: what log_eval received."""
+
+    def __init__(self):
+        self.logged = []
+
+    def log_eval(self, step, scalars):
+        self.logged.append((step, scalars))
+
+    def received(self):
+        return self.logged
+
+
+@pytest.mark.integration
+def test_a_round_an_actor_dies_in_is_counted_lost_and_the_next_goes_on(tmp_path):
+    """Real Ray, real math-verify; actors that answer by a rule (or die) in place of engines."""
+    import ray
+
+    from orchestrator.evaluation import TrainingEval, load_eval_sets
+
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(row) + "\n" for row in HELD_OUT))
+    config = load_config(None, ["eval.every_steps=1", f"eval.sets=[{held}]", "eval.n=4", "eval.k=[1,4]"])
+    # the stand-ins live in this module, which pytest imports as test_eval from tests/
+    path = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": path})
+    try:
+        answering = [ray.remote(_AnsweringActor).remote() for _ in range(2)]
+        dying = ray.remote(_DyingActor).options(max_restarts=0).remote()
+        trackers = ray.remote(_Trackers).remote()
+        pool = [answering]
+        evaluator = TrainingEval(config, load_eval_sets(config), lambda: pool[0], trackers, None, tmp_path)
+        try:
+            evaluator.run_round(0)
+            pool[0] = [answering[0], dying]  # the second share goes to an actor that dies
+            evaluator.request(1)
+            evaluator.finish()
+            pool[0] = answering
+            evaluator.run_round(2)
+        finally:
+            evaluator.close()
+        logged = ray.get(trackers.received.remote())
+    finally:
+        ray.shutdown()
+    rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2]
+    # shares [held-1, held-2] and [held-3]: correct counts 1, 2 and 1 of 4, by the actors' rule
+    for row in rows:
+        assert row["correct"] == {"held-1": 1, "held-2": 2, "held-3": 1}
+        assert row["pass_at_k"]["1"] == pytest.approx((1 + 2 + 1) / 12, rel=1e-12)
+        assert row["pass_at_k"]["4"] == pytest.approx(1.0, rel=1e-12)
+        assert (row["weight_version_start"], row["weight_version_end"]) == (3, 3)
+    summary = evaluator.summary()
+    assert summary["rounds"] == 2 and list(summary["rounds_lost"]) == ["1"]
+    assert "ActorDiedError" in summary["rounds_lost"]["1"] or "RayActorError" in summary["rounds_lost"]["1"]
+    assert [step for step, _ in logged] == [0, 2]
+    assert logged[0][1] == {"eval/held/pass@1": rows[0]["pass_at_k"]["1"], "eval/held/pass@4": 1.0}
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["vllm", "hf"])
