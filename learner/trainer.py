@@ -323,6 +323,9 @@ class Learner:
         self.keepalive.start()
         try:
             return self._run(steps)
+        except BaseException:
+            self.tracking.close()  # a failed run: no evaluation follows, the trackers end with it
+            raise
         finally:
             self.keepalive.stop()
             self.calls.running = False
