@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
 
 demo: install
-	$(VENV)/bin/pope train --config configs/demo_cpu.yaml
+	$(VENV)/bin/pope train --config configs/demo.yaml
 
 test: install
 	$(PY) -m pytest -q tests

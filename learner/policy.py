@@ -120,7 +120,22 @@ def init_distributed(backend: str = "gloo") -> None:
         from broker.embedded import free_port
 
         os.environ["MASTER_PORT"] = str(free_port())
+    if int(os.environ["WORLD_SIZE"]) == 1:
+        skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend=backend)
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from building its shared-memory all-reduce op, which only a
+    learner of several ranks on one host uses: its first build compiles C++ for about 40 s on 2 cores
+    (a third of the demo's setup on a fresh machine). DeepSpeed builds the op only when its
+    compatibility table (probed once per process, 0.1 s) marks it compatible; this marks it not."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def step_temperature(groups: list[ScoredGroup]) -> float:

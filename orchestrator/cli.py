@@ -63,8 +63,9 @@ def _train(args) -> int:
     except ComponentFailed as exc:
         print(f"pope train: {exc}", file=sys.stderr)
         return 1
-    shown = {k: v for k, v in summary.items() if not k.endswith("_group_ids")}
-    print("summary:\n" + json.dumps(shown, indent=2))
+    from orchestrator.progress import summary_lines
+
+    print("\n".join(summary_lines(summary)) + f"\nsummary: {Path(summary['run_dir']) / 'summary.json'}")
     return 0
 
 

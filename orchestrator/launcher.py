@@ -33,9 +33,11 @@ from broker.schemas import Progress, ScaleRequest, StepReport
 from broker.streams import ControlChannel, connect, ensure_groups, redacted, stage_files
 from orchestrator.autoscale import LagAutoscaler
 from orchestrator.evaluation import TrainingEval, load_eval_sets
+from orchestrator.logfilter import LogFilter
 from orchestrator.metrics import RunMetrics
 from orchestrator.models import resolve_model_path
 from orchestrator.pools import Pools
+from orchestrator.progress import Phases, learning_table, progress_line, read_metrics
 from orchestrator.report import report_after_run
 from pope.config import PopeConfig, dump_config
 from pope.datasets import run_problems
@@ -161,15 +163,6 @@ def _start_ray(config: PopeConfig) -> bool:
     return True
 
 
-def _progress(report: StepReport, steps: int, started: float, lag: int) -> str:
-    elapsed = time.monotonic() - started
-    return (
-        f"step {report.step}/{steps} | reward {report.reward_mean:.3f} | loss {report.loss:+.4f} | "
-        f"buffer lag {lag} groups | policy lag {report.policy_lag_mean:.1f} | weights v{report.step} | "
-        f"step {report.step_s:.1f}s | tokens trained {report.tokens_trained:.0f} | {elapsed:.0f}s"
-    )
-
-
 def _open_broker(stack: ExitStack, config: PopeConfig, run_dir, printer):
     """Redis (embedded and supervised unless ``broker.redis_url``), the run's streams and control
     channel, and the metrics exporter; everything closes with ``stack``."""
@@ -252,19 +245,24 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
     wall: dict[str, float] = {}
     t_start = time.monotonic()
 
+    phases = Phases()
     with ExitStack() as stack:
         stack.enter_context(_RunDirLock(run_dir))
         (run_dir / ("config.resumed.yaml" if resume else "config.yaml")).write_text(dump_config(config))
-        redis_url, client, upkeep, control, metrics = _open_broker(stack, config, run_dir, printer)
-        schedule, easy, model_path, eval_sets = _resolve_inputs(config, printer)
-        printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
-        # staged before Ray starts: under ray job submit, joining the cluster may unpack the job's working
-        # directory again, and a built-in model built inside it is gone (other nodes fetch the staged copy)
-        model = _stage_model(config, model_path, client, run_id, printer)
+        with phases.time("redis"):
+            redis_url, client, upkeep, control, metrics = _open_broker(stack, config, run_dir, printer)
+        with phases.time("model"):
+            schedule, easy, model_path, eval_sets = _resolve_inputs(config, printer)
+            printer(f"run {run_id}: model {model_path}\nrun dir {run_dir}")
+            # staged before Ray starts: under ray job submit, joining the cluster may unpack the job's working
+            # directory again, and a built-in model built inside it is gone (other nodes fetch the staged copy)
+            model = _stage_model(config, model_path, client, run_id, printer)
 
-        started_ray = _start_ray(config)
+        with phases.time("ray"):
+            started_ray = _start_ray(config)
         if started_ray:
             stack.callback(ray.shutdown)
+        log_filter = _install_log_filter(stack, config, run_dir, printer)
         # problems go by value: Ray keeps them with each actor's creation task, so a restarted actor
         # gets them again (an object put here was not always retrievable at the restart)
         pools = Pools(config, model, redis_url, _process_env(config, 1), schedule.hard, easy)
@@ -272,20 +270,25 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         _write_connection(run_dir, run_id, redis_url)
 
         lcfg = config.learner
-        learner = _start_members(pools, config, run_dir, len(schedule.hard))
+        with phases.time("members"):
+            learner = _start_members(pools, config, run_dir, len(schedule.hard), phases)
         first_step = 0
         if resume:
             first_step = step = ray.get(learner.resume.remote())
             printer(f"resumed from the checkpoint of step {step}")
         # the weight group, then a first broadcast: every actor starts from the learner's exact weights
-        _wait_all(
-            {learner.regroup.remote([m.handle for m in pools.actors]): "learner"}, "forming the weight group"
-        )
+        with phases.time("weight group"):
+            _wait_all(
+                {learner.regroup.remote([m.handle for m in pools.actors]): "learner"},
+                "forming the weight group",
+            )
         # before any update: the engines decode with exactly the learner's weights
-        probe_prompt = ray.get(pools.actors[0].handle.encode.remote("Compute 1 + 2."))
-        initial_probe_diffs = _probe(pools, learner, probe_prompt)
+        with phases.time("probe"):
+            probe_prompt = ray.get(pools.actors[0].handle.encode.remote("Compute 1 + 2."))
+            initial_probe_diffs = _probe(pools, learner, probe_prompt)
         wall["setup_s"] = time.monotonic() - t_start
-        printer(f"setup done in {wall['setup_s']:.1f}s: {pools.sizes} and 1 learner")
+        wall["setup_phases"] = {**phases.seconds, "members_up": phases.parts.get("members", {})}
+        printer(f"{pools.sizes} and 1 learner up; " + phases.line(wall["setup_s"]))
         evaluator = None
         if eval_sets:  # the baseline, before any step: the loops do not run yet
             evaluator = TrainingEval(
@@ -353,7 +356,13 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         wall["total_s"] = time.monotonic() - t_start
         summary["wall_s"] = wall
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        table = learning_table(read_metrics(run_dir))
+        if table:
+            printer("what changed, first steps against last (metrics.jsonl):\n" + table)
         report_after_run(run_dir, printer)
+        if log_filter is not None:
+            summary["engine_notices_filtered"] = log_filter.filtered
+            printer(f"{log_filter.filtered} known-harmless engine notices filtered: {log_filter.path}")
         summary["run_dir"] = str(run_dir)
         return summary
 
@@ -366,13 +375,39 @@ def _evaluate_now(evaluator: TrainingEval, step: int) -> None:
         raise ComponentFailed(f"evaluation of step {step} failed: {exc}") from exc
 
 
-def _start_members(pools: Pools, config: PopeConfig, run_dir, num_hard: int):
-    """The actors, workers and learner of the config, up and placed; returns the learner."""
+def _install_log_filter(stack: ExitStack, config: PopeConfig, run_dir: Path, printer) -> LogFilter | None:
+    """``run.filter_known_logs``: the engines' known-harmless notices go to a file, not the screen."""
+    if not config.run.filter_known_logs:
+        return None
+    log_filter = LogFilter(run_dir / "engine_notices.log")
+    if not log_filter.install():
+        printer(
+            "run.filter_known_logs: this Ray has no driver-side log hook; engine notices are shown unfiltered"
+        )
+        return None
+    stack.callback(log_filter.uninstall)
+    return log_filter
+
+
+def _start_members(pools: Pools, config: PopeConfig, run_dir, num_hard: int, phases: Phases | None = None):
+    """The actors, workers and learner of the config, up and placed; returns the learner.
+    ``phases`` gets, per kind of member, the time until the last one of that kind was up."""
+    import ray
+
+    t0 = time.monotonic()
     pools.actors = [pools.new_actor() for _ in range(config.actors.num_actors)]
     pools.workers = [pools.new_worker() for _ in range(config.preprocess.num_workers)]
     learner = pools.new_learner(str(run_dir), num_hard)
     names = {m.handle.__ray_ready__.remote(): m.name for m in pools.actors + pools.workers}
     names[learner.__ray_ready__.remote()] = "learner"
+    if phases is not None:  # members start in parallel: each kind's time until its last one is up
+        pending = list(names)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=900)
+            if not ready:
+                break
+            kind = names[ready[0]].rstrip("0123456789")
+            phases.parts.setdefault("members", {})[f"{kind} up"] = time.monotonic() - t0
     _wait_all(names, "starting")
     for m in pools.actors + pools.workers:
         pools.record_node(m.name, m.handle)
@@ -466,7 +501,7 @@ def _monitor(
             if isinstance(message, Progress):
                 heard[message.component] = time.monotonic()
             elif isinstance(message, StepReport):
-                printer(_progress(message, steps, t_loop, upkeep.waiting()[0]))
+                printer(progress_line(message, steps, time.monotonic() - t_loop, upkeep.waiting()[0]))
                 every = config.eval.every_steps
                 if evaluator is not None and message.step % every == 0 and message.step < steps:
                     evaluator.request(message.step)  # the last step's round runs after the loops stop

@@ -46,6 +46,11 @@ class RunConfig(Section):
         Path("runs"), description="Parent folder of the run directory <output_dir>/<run_id>."
     )
     seed: int = Field(0, ge=0, description="Seeds the sampler, the model builder and generation.")
+    filter_known_logs: bool = Field(
+        True,
+        description="Keep the engines' known-harmless start-up notices (orchestrator/logfilter.py) off the "
+        "screen; each filtered line goes to <run dir>/engine_notices.log. Every other line still shows.",
+    )
 
 
 class ModelConfig(Section):

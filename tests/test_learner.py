@@ -40,6 +40,8 @@ def one_rank(tmp_path_factory, tiny_model_path):
 def test_two_ranks_match_one_rank(tmp_path, tiny_model_path, one_rank, zero):
     two = run_script(tmp_path, tiny_model_path, f"two_z{zero}", "--zero", str(zero), ranks=2)
     assert two["world_size"] == 2 and one_rank["world_size"] == 1
+    # one rank skips DeepSpeed's shared-memory all-reduce op (a 40 s first build, nothing to reduce); two keep it
+    assert one_rank["shm_comm_op_loaded"] is False and two["shm_comm_op_loaded"] is True
     # same loss on the same batch, and the same update (two steps), up to float32 reduction order
     assert two["losses"] == pytest.approx(one_rank["losses"], rel=1e-5, abs=1e-7)
     assert two["checksum"] == pytest.approx(one_rank["checksum"], rel=1e-6)

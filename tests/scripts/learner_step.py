@@ -105,6 +105,7 @@ def main() -> None:
         "abs_checksum": float(sum(t.double().abs().sum().item() for t in weights.values())),
         "sample": weights["model.layers.0.mlp.up_proj.weight"].reshape(-1)[:8].double().tolist(),
         "world_size": trainer.world_size,
+        "shm_comm_op_loaded": __import__("deepspeed").comm.comm.cdb.shm_comm_op is not None,
         **(extra if args.mode in ("nan", "plain", "save") else {}),
     }
     if int(os.environ.get("RANK", "0")) == 0:
