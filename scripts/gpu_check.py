@@ -82,7 +82,8 @@ class _Vocab:
 
 class _TorchLM(torch.nn.Module):
     """A small language model in plain torch (used when transformers is missing): embedding,
-    residual MLP blocks, tied head; called like a Hugging Face model, returns ``.logits``."""
+    residual MLP blocks, tied head, initialised as Qwen2 is; called like a Hugging Face model,
+    returns ``.logits``."""
 
     def __init__(self, vocab: int, hidden: int, layers: int):
         super().__init__()
@@ -97,6 +98,9 @@ class _TorchLM(torch.nn.Module):
             for _ in range(layers)
         )
         self.norm = torch.nn.LayerNorm(hidden)
+        for module in self.modules():  # Qwen2's initialisation (initializer_range 0.02)
+            if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
+                torch.nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, input_ids, attention_mask=None):
         h = self.embed(input_ids)

@@ -111,11 +111,17 @@ def test_each_check_fails_on_damaged_data(tmp_path):
     assert "checksum" in details["ipc_transfer"]
 
 
-def test_bucket_packing_catches_a_pack_that_drops_a_tensor(monkeypatch):
+@pytest.fixture
+def gpu_check(monkeypatch):
+    """The script imported as a module, in this process."""
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # dataclasses look their module up
-    spec.loader.exec_module(gpu_check)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bucket_packing_catches_a_pack_that_drops_a_tensor(gpu_check, monkeypatch):
     import pope.weight_sync as weight_sync
 
     pack = weight_sync._pack
@@ -130,3 +136,14 @@ def test_bucket_packing_catches_a_pack_that_drops_a_tensor(monkeypatch):
     assert result.status == "FAIL" and "tensors differ" in result.detail
     monkeypatch.setattr(weight_sync, "_pack", pack)
     assert gpu_check.check_bucket_packing("cpu").status == "PASS"
+
+
+def test_without_transformers_the_checks_use_the_torch_model(gpu_check, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # ``import transformers`` raises ImportError
+    step = gpu_check.check_learner_step("cpu")
+    packing = gpu_check.check_bucket_packing("cpu")
+    assert step.status == "PASS" and packing.status == "PASS", (step.detail, packing.detail)
+    assert step.numbers["model"] == packing.numbers["model"] == "torch-lm"
+    # embedding 384 x 128, 2 blocks of (norm: 2 x 128; 128 -> 256 and 256 -> 128 with biases), final norm
+    block = 2 * 128 + (128 * 256 + 256) + (256 * 128 + 128)
+    assert packing.numbers["bytes"] == (384 * 128 + 2 * block + 2 * 128) * (4 + 2)
