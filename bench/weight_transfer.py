@@ -72,7 +72,7 @@ class PipeClient:
         self.version = 0
         self.checksums: list[float | None] = []
 
-    def _call(self, op: str, payload):
+    def call(self, op: str, payload):
         self.conn.send((op, payload))
         reply = self.conn.recv()
         if isinstance(reply, tuple) and reply and reply[0] == "error":
@@ -80,13 +80,13 @@ class PipeClient:
         return reply
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
-        self._call("init", init_info)
+        self.call("init", init_info)
 
     def start_weight_update(self) -> None:
         """Nothing: the engine starts its update itself (as an actor does)."""
 
     def update_weights(self, update_info: dict) -> None:
-        self.checksums = [self._call("update", update_info)]
+        self.checksums = [self.call("update", update_info)]
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         """Nothing: the engine finished its update before its ``update_weights`` returned."""
@@ -168,6 +168,7 @@ def _bench_model(model_path: str, reps: int) -> dict:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_receiver, args=(model_path, child))
+    t_start = time.perf_counter()
     proc.start()
     try:
         policy = ModelWeights(AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, DTYPE)))
@@ -176,10 +177,9 @@ def _bench_model(model_path: str, reps: int) -> dict:
         metas = policy.weight_metas()
         num_bytes = sum(t.numel() * t.element_size() for t in tensors)
         sent = checksum(named)
-        t0 = time.perf_counter()
         if not parent.poll(TIMEOUT_S) or parent.recv() != "ready":
             raise RuntimeError("the engine did not start")
-        engine_start_s = time.perf_counter() - t0
+        engine_start_s = time.perf_counter() - t_start  # process start to engine ready
         client = PipeClient(parent)
         info = GlooInitInfo("127.0.0.1", free_port(), 1, 2, TIMEOUT_S)
         transfer = GlooTrainerTransfer.trainer_init(info, client=client, policy=policy)
@@ -225,7 +225,7 @@ def _bench_model(model_path: str, reps: int) -> dict:
             return times
 
         samples = [one_rep() for _ in range(reps + 1)][1:]  # the first is a warm-up
-        raw_received = client._call("raw_checksum", None)
+        raw_received = client.call("raw_checksum", None)
         if not math.isclose(raw_received, checksum(flats.items()), rel_tol=1e-9, abs_tol=1e-6):
             raise RuntimeError(f"raw: the receiver's checksum {raw_received} != the sender's")
         entry = summarize(samples, num_bytes)
