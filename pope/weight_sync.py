@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -189,6 +188,8 @@ def checksum(named: Iterable[tuple[str, torch.Tensor]]) -> float:
     for _, tensor in named:
         tensor = tensor.detach()
         if tensor.device.type == "cpu" and tensor.dtype in _NUMPY_SUMMED:
+            import numpy as np  # not at the top: scripts/gpu_check.py imports this with torch alone
+
             total += float(np.sum(tensor.numpy(), dtype=np.float64))
         else:
             total += tensor.sum(dtype=torch.float64).item()

@@ -152,17 +152,20 @@ def synthetic_batch(
 
 
 def grpo_loss(model, ids, attention, mask, advantages, logp_behaviour):
-    """The project's loss on one batch (learner/policy.py's micro-step with the default settings)."""
+    """The project's loss on one batch, as learner/policy.py's micro-step computes it with the
+    learner's defaults (behaviour ratios, eps_low = eps_high = 0.2, token_mean)."""
     from learner.loss import AGGREGATIONS, StepNorm, clipped_surrogate, token_logprobs
 
     logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
     logp = token_logprobs(logits, ids[:, 1:])
-    terms = clipped_surrogate(logp, logp_behaviour, advantages, mask, eps_low=0.2, eps_high=0.28)
+    terms = clipped_surrogate(logp, logp_behaviour, advantages, mask, eps_low=0.2, eps_high=0.2)
     norm = StepNorm(tokens=float(mask.sum()), sequences=float(mask.shape[0]), constant=float(mask.numel()))
     return AGGREGATIONS["token_mean"](terms.per_token, mask, norm), logp
 
 
 def check_learner_step(device: str, seed: int = 0, corrupt: bool = False) -> CheckResult:
+    from learner.loss import token_logprobs
+
     base, kind = build_model(seed)
     vocab = (
         base.get_input_embeddings().weight.shape[0]
@@ -174,8 +177,6 @@ def check_learner_step(device: str, seed: int = 0, corrupt: bool = False) -> Che
     reference = copy.deepcopy(base).to(device)
     with torch.no_grad():  # behaviour log-probs: the float32 policy's, perturbed so that some ratios clip
         logits = reference(input_ids=ids, attention_mask=attention).logits[:, :-1]
-        from learner.loss import token_logprobs
-
         noise = torch.randn(mask.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
         logp_behaviour = token_logprobs(logits, ids[:, 1:]) + 0.2 * noise
     loss_fp32, _ = grpo_loss(reference, ids, attention, mask, advantages, logp_behaviour)
@@ -353,7 +354,8 @@ def check_ipc_transfer(device: str, seed: int = 0, corrupt: bool = False) -> Che
                "receiver_device": received_device}  # fmt: skip
     detail = (
         f"{mib:.0f} MiB via {via} to a spawned process on {received_device}: checksums equal "
-        f"({sent:.6g}), the receiver's in-place write seen by the sender; handle to reply {seconds * 1e3:.1f} ms"
+        f"({sent:.6g}), the receiver's in-place write seen by the sender; "
+        f"handle to reply {seconds * 1e3:.1f} ms"
     )
     return CheckResult("ipc_transfer", "FAIL" if problems else "PASS", seconds,
                        "; ".join(problems) if problems else detail, numbers)  # fmt: skip
