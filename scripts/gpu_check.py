@@ -70,6 +70,13 @@ class CheckResult:
         return f"{self.status} {self.name}  {self.seconds:.3f}s  {self.detail}"
 
 
+def verdict(name: str, seconds: float, problems: list[str], detail: str, numbers: dict) -> CheckResult:
+    """PASS with ``detail`` when there are no problems, else FAIL naming each."""
+    if problems:
+        return CheckResult(name, "FAIL", seconds, "; ".join(problems), numbers)
+    return CheckResult(name, "PASS", seconds, detail, numbers)
+
+
 class _Vocab:
     """What ``new_qwen2`` reads of a tokenizer: its size and two special ids."""
 
@@ -234,8 +241,7 @@ def check_learner_step(device: str, seed: int = 0, corrupt: bool = False) -> Che
         f"{kind}: loss bf16 {loss:.5f} vs fp32 {loss_fp32:.5f} (|diff| {diff:.1e} <= "
         f"{tolerance:.1e}), grad cosine {cosine:.4f}, {moved}/{len(params)} master weights moved"
     )
-    return CheckResult("learner_step_bf16", "FAIL" if problems else "PASS", seconds,
-                       "; ".join(problems) if problems else detail, numbers)  # fmt: skip
+    return verdict("learner_step_bf16", seconds, problems, detail, numbers)
 
 
 # -- bucket packing --------------------------------------------------------------------------------
@@ -300,8 +306,7 @@ def check_bucket_packing(device: str, seed: int = 0, corrupt: bool = False) -> C
         f"({', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))}), bit-exact twice; "
         f"best pass {best * 1e3:.2f} ms, {nbytes / best / 1e9:.2f} GB/s"
     )
-    return CheckResult("bucket_packing", "FAIL" if problems else "PASS", best,
-                       "; ".join(problems) if problems else detail, numbers)  # fmt: skip
+    return verdict("bucket_packing", best, problems, detail, numbers)
 
 
 # -- IPC between two processes ---------------------------------------------------------------------
@@ -357,8 +362,7 @@ def check_ipc_transfer(device: str, seed: int = 0, corrupt: bool = False) -> Che
         f"({sent:.6g}), the receiver's in-place write seen by the sender; "
         f"handle to reply {seconds * 1e3:.1f} ms"
     )
-    return CheckResult("ipc_transfer", "FAIL" if problems else "PASS", seconds,
-                       "; ".join(problems) if problems else detail, numbers)  # fmt: skip
+    return verdict("ipc_transfer", seconds, problems, detail, numbers)
 
 
 RUNNERS = {"learner_step_bf16": check_learner_step, "bucket_packing": check_bucket_packing,
