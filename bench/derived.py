@@ -8,12 +8,16 @@
     broker_share_of_step  broker.tokens_64.per_group_ms * HOPS * groups_per_step
                           / (1000 * pipeline.step_period_s)                                   target <= 0.02
     broadcast_vs_raw      broadcast.broadcast_vs_raw (pope / raw seconds, largest set)        target <= 1.5
+    weight_transfer_vs_raw  weight_transfer.weight_transfer_vs_raw (learner -> vLLM engine update
+                          / raw gloo broadcast of the same tensors, SmolLM2-135M)             target <= 1.5
     scoring_vs_raw        scoring.scoring_vs_raw (verifier rate / in-process rate, 1 core)    target >= 0.9
     generation_vs_raw     continuous.generation_vs_raw (continuous / raw vLLM tokens/s)       target >= 0.9
     engine_idle_share     continuous.engine_idle_share (no sequence decoding, work waiting)   target <= 0.05
     policy_lag_mean       continuous.policy_lag_mean (demo pipeline, continuous, per group)   target <= 1
 
-Under ``derived``: ``ratio_vs_trl_tokens`` (trained completion tokens/s: completion lengths
+Under ``derived``: ``weight_transfer_vs_raw_tiny`` (the same ratio for the tiny model) and
+``weight_transfer_receive_only_vs_raw`` (SmolLM2-135M's bucketed receive without the load into
+vLLM, over raw); ``ratio_vs_trl_tokens`` (trained completion tokens/s: completion lengths
 differ between the runs), ``ratio_vs_trl_steady`` and ``async_gain_steady`` (pipeline steps 2..N),
 ``pipeline_efficiency_vs_sync_stages`` (the bound measured in place instead: the sync run's
 generate_s + train_s, scaled to the pipeline's steps, over train_loop_s). The training-only time
@@ -36,6 +40,7 @@ TARGETS = {  # key -> (comparison, bound)
     "pipeline_efficiency": (">=", 0.8),
     "broker_share_of_step": ("<=", 0.02),
     "broadcast_vs_raw": ("<=", 1.5),
+    "weight_transfer_vs_raw": ("<=", 1.5),
     "scoring_vs_raw": (">=", 0.9),
     "generation_vs_raw": (">=", 0.9),
     "engine_idle_share": ("<=", 0.05),
@@ -91,6 +96,7 @@ def derive(results: dict) -> dict:
         "async_gain": _ratio(pipe_rate, sync.get("completions_per_s")),
         "broker_share_of_step": _ratio(broker_step_ms, pipe and 1000 * pipe["step_period_s"]),
         "broadcast_vs_raw": _get(results, "broadcast", "broadcast_vs_raw"),
+        "weight_transfer_vs_raw": _get(results, "weight_transfer", "weight_transfer_vs_raw"),
         "scoring_vs_raw": _get(results, "scoring", "scoring_vs_raw"),
         "generation_vs_raw": _get(results, "continuous", "generation_vs_raw"),
         "engine_idle_share": _get(results, "continuous", "engine_idle_share"),
@@ -112,6 +118,10 @@ def derive(results: dict) -> dict:
         ),  # fmt: skip
         "async_gain_steady": _ratio(
             pipe.get("steady_completions_per_s"), sync.get("steady_completions_per_s")
+        ),
+        "weight_transfer_vs_raw_tiny": _get(results, "weight_transfer", "tiny", "pope_vs_raw"),
+        "weight_transfer_receive_only_vs_raw": _get(
+            results, "weight_transfer", "smollm2_135m", "receive_only_vs_raw"
         ),
     }
     out["targets"] = {}

@@ -19,6 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+_NUMPY_SUMMED = (torch.float32, torch.float16, torch.float64)  # checksum's dtypes summed by numpy
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -177,6 +178,19 @@ def broadcast_tensors(
 def checksum(named: Iterable[tuple[str, torch.Tensor]]) -> float:
     """Order-independent float64 sum of every element, for quick equality checks.
 
-    ``sum(dtype=float64)`` accumulates in float64 without making a float64 copy of each tensor
-    (same value; no faster on the busy test machine, where the sum is memory-bound)."""
-    return float(sum(t.detach().sum(dtype=torch.float64).item() for _, t in named))
+    A CPU tensor numpy holds (float32, float16, float64) is summed by numpy, in float64 without a
+    float64 copy and on one thread: torch's ``sum`` runs an OpenMP region per tensor, and with 2
+    torch threads on a busy machine each region waits for both threads to be scheduled, which made
+    SmolLM2-135M's 272 tensors take 3.3 s instead of 0.25 s at load 6.5 (BENCHMARKS.md, weight
+    transfer; the same trap as ``_pack``'s). bfloat16 and device tensors: torch's
+    ``sum(dtype=float64)``. Both ends of a transfer call this same function."""
+    total = 0.0
+    for _, tensor in named:
+        tensor = tensor.detach()
+        if tensor.device.type == "cpu" and tensor.dtype in _NUMPY_SUMMED:
+            import numpy as np  # not at the top: scripts/gpu_check.py imports this with torch alone
+
+            total += float(np.sum(tensor.numpy(), dtype=np.float64))
+        else:
+            total += tensor.sum(dtype=torch.float64).item()
+    return total

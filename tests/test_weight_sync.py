@@ -71,3 +71,14 @@ def test_broadcast_tensors_delivers_every_tensor_exactly_with_reused_buffers():
 def test_checksum_is_the_float64_sum():
     t = torch.tensor([1.0, 2.5, -0.25], dtype=torch.float32)
     assert checksum([("t", t), ("u", torch.ones(2, 2))]) == 3.25 + 4.0
+
+
+def test_checksum_sums_every_dtype_and_layout_in_float64():
+    # 2^24 + 1 is not a float32: a float32 accumulator would drop the 1s, float64 keeps them
+    big = torch.tensor([2.0**24, 1.0, 1.0, 1.0], dtype=torch.float32)
+    ones = torch.ones(4, dtype=torch.float16)
+    half = torch.tensor([0.5, -1.5], dtype=torch.bfloat16)  # summed by torch (numpy has no bfloat16)
+    strided = torch.arange(6, dtype=torch.float32).view(2, 3).T  # a non-contiguous view: 0+1+...+5
+    assert checksum([("b", big), ("o", ones), ("h", half), ("s", strided)]) == 2.0**24 + 3 + 4 - 1.0 + 15
+    grad = torch.ones(3, requires_grad=True)
+    assert checksum([("g", grad)]) == 3.0
