@@ -355,13 +355,14 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         ray.get(learner.close.remote())
         wall["total_s"] = time.monotonic() - t_start
         summary["wall_s"] = wall
+        if log_filter is not None:  # so far: a line Ray forwards later still goes to the file
+            summary["engine_notices_filtered"] = log_filter.filtered
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         table = learning_table(read_metrics(run_dir))
         if table:
             printer("what changed, first steps against last (metrics.jsonl):\n" + table)
         report_after_run(run_dir, printer)
         if log_filter is not None:
-            summary["engine_notices_filtered"] = log_filter.filtered
             printer(f"{log_filter.filtered} known-harmless engine notices filtered: {log_filter.path}")
         summary["run_dir"] = str(run_dir)
         return summary
