@@ -51,7 +51,7 @@ def progress_line(report: StepReport, steps: int, elapsed_s: float, buffer_lag: 
     rewards = " ".join(f"{v} {r:.2f}" for v, r in sorted(report.reward_mean_by_variant.items()))
     hard = report.hard_solved_unguided_fraction
     return (
-        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{steps} {clock(elapsed_s)} ETA {clock(eta)} | "
+        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] step {done}/{steps} {clock(elapsed_s)} ETA {clock(eta)} | "
         f"reward {report.reward_mean:.3f} ({rewards or 'n/a'}) | "
         f"hard solved unguided {'n/a' if hard is None else f'{hard:.2f}'} | loss {report.loss:+.4f} | "
         f"policy lag {report.policy_lag_mean:.1f} | buffer lag {buffer_lag} | step {report.step_s:.1f}s"

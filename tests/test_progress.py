@@ -70,11 +70,11 @@ def test_the_bar_fills_with_the_steps_and_the_eta_is_the_mean_step_time_left():
     )
     line = progress_line(report, steps=20, elapsed_s=10.0, buffer_lag=3)
     # 5 of 20 steps: a quarter of the 20-wide bar; 2 s a step so far, 15 steps left: 30 s
-    assert line.startswith("[#####...............] 5/20 0:10 ETA 0:30 | ")
+    assert line.startswith("[#####...............] step 5/20 0:10 ETA 0:30 | ")
     assert "reward 0.250 (guided 0.50 unguided 0.12)" in line
     assert "hard solved unguided 0.25" in line and "buffer lag 3" in line and "policy lag 1.0" in line
     done = progress_line(_report(20), steps=20, elapsed_s=125.0, buffer_lag=0)
-    assert done.startswith("[####################] 20/20 2:05 ETA 0:00 | ") and "(n/a)" in done
+    assert done.startswith("[####################] step 20/20 2:05 ETA 0:00 | ") and "(n/a)" in done
 
 
 @pytest.mark.unit
@@ -147,7 +147,7 @@ def test_a_short_run_shows_the_bar_the_phases_and_the_table_and_none_of_the_know
     screen = proc.stdout + proc.stderr
     assert proc.returncode == 0, screen[-4000:]
     bars = [line for line in proc.stdout.splitlines() if line.startswith("[") and " ETA " in line]
-    assert [b.split("]")[1].split()[0] for b in bars] == ["1/3", "2/3", "3/3"]
+    assert [b.split("]")[1].split()[:2] for b in bars] == [["step", "1/3"], ["step", "2/3"], ["step", "3/3"]]
     assert any(
         line.startswith("{'actors': 1, 'preprocess': 1} and 1 learner up; setup ")
         for line in screen.splitlines()
