@@ -99,6 +99,29 @@ def learning_table(rows: list[dict], window: int | None = None) -> str:
     return "\n".join(lines) if len(lines) > 1 else ""
 
 
+def read_eval(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "eval.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def eval_lines(rows: list[dict]) -> list[str]:
+    """Per eval set: unguided pass@k at its first and its last round (eval.jsonl)."""
+    lines = []
+    for name in dict.fromkeys(row["set"] for row in rows):
+        mine = sorted((r for r in rows if r["set"] == name), key=lambda r: r["step"])
+        first, last = mine[0], mine[-1]
+        ks = ", ".join(
+            f"pass@{k} {first['pass_at_k'][k]:.3f} -> {last['pass_at_k'][k]:.3f}" for k in first["pass_at_k"]
+        )
+        lines.append(
+            f"eval {name} ({first['problems']} problems, n={first['n']}, unguided), "
+            f"step {first['step']} -> {last['step']}: {ks}"
+        )
+    return lines
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The run in a few lines; summary.json has everything."""
     wall = summary.get("wall_s", {})

@@ -14,7 +14,7 @@ import pytest
 
 from broker.schemas import StepReport
 from orchestrator.logfilter import KNOWN_HARMLESS, LogFilter, is_known_harmless
-from orchestrator.progress import Phases, learning_table, progress_line
+from orchestrator.progress import Phases, eval_lines, learning_table, progress_line
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -93,6 +93,24 @@ def test_the_learning_table_compares_the_means_of_the_first_and_last_fifth():
     assert guided == pytest.approx([0.2, 0.9, 0.7])
     assert len(lines) == 3  # rows no step has are left out
     assert learning_table(rows[:1]) == "" and learning_table([{"step": 1}, {"step": 2}]) == ""
+
+
+@pytest.mark.unit
+def test_the_eval_lines_give_each_sets_first_and_last_round():
+    def row(step, name, p1, p8):
+        return {"step": step, "set": name, "n": 8, "problems": 32, "pass_at_k": {"1": p1, "8": p8}}
+
+    rows = [
+        row(20, "held", 0.125, 0.5),
+        row(0, "held", 0.1, 0.4),
+        row(0, "other", 0.0, 0.0),
+        row(40, "held", 0.2, 0.6),
+    ]
+    assert eval_lines(rows) == [
+        "eval held (32 problems, n=8, unguided), step 0 -> 40: pass@1 0.100 -> 0.200, pass@8 0.400 -> 0.600",
+        "eval other (32 problems, n=8, unguided), step 0 -> 0: pass@1 0.000 -> 0.000, pass@8 0.000 -> 0.000",
+    ]
+    assert eval_lines([]) == []
 
 
 @pytest.mark.unit
