@@ -20,11 +20,27 @@ from tests.conftest import ROOT, become_subreaper
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 POPE = str(Path(sys.executable).parent / "pope")
-COMMON = [
-    "--config", "configs/demo_cpu_hf.yaml", "metrics.port=0", "actors.max_new_tokens=24", "learner.groups_per_step=2",
-    "learner.broadcast_timeout_s=60", "preprocess.claim_idle_s=5", "checkpoint.every=2",
-    "broker.max_groups_in_flight=4", "actors.prompts_per_call=2",
-]  # fmt: skip
+# The faults run on the default actor, vLLM generating continuously (several claims held at once,
+# weights loaded between two decoding steps); the killed-actor test also runs on the HF engine's
+# per-call loop, the fallback
+CONTINUOUS = [
+    "--config",
+    "configs/demo_cpu.yaml",
+    "actors.generation=continuous",
+    "actors.engine.max_num_seqs=16",
+]
+PER_CALL = ["--config", "configs/demo_cpu_hf.yaml"]
+FAULTS = [
+    "metrics.port=0",
+    "actors.max_new_tokens=24",
+    "learner.groups_per_step=2",
+    "learner.broadcast_timeout_s=60",
+    "preprocess.claim_idle_s=5",
+    "checkpoint.every=2",
+    "broker.max_groups_in_flight=4",
+    "actors.prompts_per_call=2",
+]
+COMMON = [*CONTINUOUS, *FAULTS]
 
 
 def _env() -> dict:
@@ -114,10 +130,11 @@ def _own_processes():
 
 
 def test_killed_actor_is_restarted(tmp_path):
+    """The per-call loop (HF engine): a SIGKILLed actor comes back and redoes what it had claimed."""
     marker = "RolloutActor"
     run_id = f"chaos-{marker.lower()}"
     steps = 18
-    proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
+    proc, log = _train(tmp_path, run_id, *PER_CALL, *FAULTS, f"learner.steps={steps}", f"run.run_id={run_id}",
                        f"run.output_dir={tmp_path}")  # fmt: skip
     _wait_for(log, r"step 3/", proc)
     _kill_component(marker)
@@ -147,9 +164,8 @@ def test_a_killed_continuous_actor_is_restarted_and_redoes_every_position_it_had
     (at most, per actor, the groups in its engine and its claim: 2 + 1 + 2 here)."""
     run_id = "chaos-continuous"
     steps = 18
-    proc, log = _train(tmp_path, run_id, "--config", "configs/demo_cpu.yaml", *COMMON[2:], f"learner.steps={steps}",
-                       f"run.run_id={run_id}", f"run.output_dir={tmp_path}", "actors.engine.max_num_seqs=16",
-                       "actors.generation=continuous")  # fmt: skip
+    proc, log = _train(tmp_path, run_id, *COMMON, f"learner.steps={steps}", f"run.run_id={run_id}",
+                       f"run.output_dir={tmp_path}")  # fmt: skip
     _wait_for(log, r"step 3/", proc)
     _kill_component("RolloutActor")
     assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
