@@ -15,6 +15,9 @@ A callback stamps the end of every optimizer step; the rate counts the steps aft
 
     completions_per_s = timed_steps * 32 / (t_end(last step) - t_end(last warm-up step))
 
+Over the same steps, ``generate_s_timed`` is the time of TRL's generation calls (HF ``generate``;
+a subclass times ``_generate_single_turn``) and ``verify_s_timed`` that of the reward function.
+
 Runs in a fresh process (``python -m bench.trl_peer --worker OUT``) like the other benchmarks.
 
 ``run_long`` (``--only trl_long``, key ``trl_long``) is the peer of bench/pipeline.py ``run_long``:
@@ -85,11 +88,24 @@ def _worker(out: str, warmup_steps: int, steps: int, max_completion_length: int,
         verify_s[0] += time.perf_counter() - t0
         return rewards
 
-    stamps: list[tuple[float, float]] = []  # per optimizer step: (end time, verification s so far)
+    generate_s = [0.0]
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        """Times TRL's generation call (HF ``generate``), to split the step."""
+
+        def _generate_single_turn(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return super()._generate_single_turn(*args, **kwargs)
+            finally:
+                generate_s[0] += time.perf_counter() - t0
+
+    # per optimizer step: (end time, verification s so far, generation s so far)
+    stamps: list[tuple[float, float, float]] = []
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            stamps.append((time.perf_counter(), verify_s[0]))
+            stamps.append((time.perf_counter(), verify_s[0], generate_s[0]))
 
     with tempfile.TemporaryDirectory(prefix="pope-bench-trl-") as tmp:
         args = GRPOConfig(
@@ -103,7 +119,7 @@ def _worker(out: str, warmup_steps: int, steps: int, max_completion_length: int,
             model_init_kwargs={"dtype": "float32"},
         )  # fmt: skip
         t0 = time.perf_counter()
-        trainer = GRPOTrainer(
+        trainer = TimedGRPOTrainer(
             model=model_path, reward_funcs=math_verify_reward, args=args, train_dataset=dataset,
             processing_class=tokenizer, callbacks=[StepClock()],
         )  # fmt: skip
@@ -126,6 +142,7 @@ def _worker(out: str, warmup_steps: int, steps: int, max_completion_length: int,
         "completion_length_by_step": [h.get("completions/mean_length") for h in logs],
         "tokens_per_s": completions * sum(lengths) / len(lengths) / timed_s if lengths else None,
         "verify_s_timed": stamps[-1][1] - stamps[warmup_steps - 1][1], "verdicts": verdicts,
+        "generate_s_timed": stamps[-1][2] - stamps[warmup_steps - 1][2],
         "reward_mean": sum(h.get("reward", 0.0) for h in logs) / max(1, len(logs)),
     })  # fmt: skip
 
