@@ -25,7 +25,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# bench: every benchmark in bench/ at full size (8 to 15 min on a busy 2-core machine), into bench/results.json;
+# bench: every benchmark in bench/ at full size (8 to 15 min on a busy 2-core machine, and 3 to 8 more for the
+# 256-token pipeline_long / trl_long pair), into bench/results.json;
 # TRL (the peer of bench/trl_peer.py) and matplotlib (bench/plots/) come from the `bench` extra
 bench: install
 	$(PY) -c "import trl, matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"

@@ -56,8 +56,9 @@ class FinishedGroup:
 
 
 class ContinuousGeneration:
-    def __init__(self, llm_engine):
+    def __init__(self, llm_engine, stop_at_eos: bool = True):
         self.engine = llm_engine
+        self.stop_at_eos = stop_at_eos  # False: every request runs to its budget (the engine's stop_at_eos)
         self.version = 0
         self._groups: dict[str, list[_Rollout]] = {}
 
@@ -85,7 +86,7 @@ class ContinuousGeneration:
                 max_tokens=settings.max_new_tokens,
                 logprobs=0,  # the sampled token's own logprob
                 seed=seed + index,
-                ignore_eos=not settings.stop_at_eos,
+                ignore_eos=not (settings.stop_at_eos and self.stop_at_eos),
                 output_kind=RequestOutputKind.DELTA,
             )
             self.engine.add_request(f"{key}/{index}", {"prompt_token_ids": prompt_ids}, params)

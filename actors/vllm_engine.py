@@ -54,6 +54,7 @@ class VLLMEngine:
             raise ValueError(f"weight transfer {weight_transfer!r}: expected one of {sorted(VLLM_BACKENDS)}")
         self.weight_transfer = weight_transfer
         self.kv_after_update = engine_config.kv_after_update
+        self.stop_at_eos = engine_config.stop_at_eos
         self._continuous: ContinuousGeneration | None = None
         self.llm = LLM(
             model=model_path,
@@ -97,7 +98,7 @@ class VLLMEngine:
                 max_tokens=settings.max_new_tokens,
                 logprobs=0,  # the sampled token's own logprob
                 seed=settings.seed_of(index, len(prompts)),
-                ignore_eos=not settings.stop_at_eos,
+                ignore_eos=not (settings.stop_at_eos and self.stop_at_eos),
             )
             for index in range(len(prompts))
         ]
@@ -116,7 +117,7 @@ class VLLMEngine:
         """This engine's continuous interface (``actors.continuous``): submit groups, step, load
         weights between steps."""
         if self._continuous is None:
-            self._continuous = ContinuousGeneration(self.llm.llm_engine)
+            self._continuous = ContinuousGeneration(self.llm.llm_engine, stop_at_eos=self.stop_at_eos)
         return self._continuous
 
     def load_weights(self, named: list[tuple[str, torch.Tensor]]) -> None:

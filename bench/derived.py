@@ -1,6 +1,9 @@
 """The headline numbers, derived from the benchmarks' entries in results.json, against the targets.
 
     ratio_vs_trl          pipeline.completions_per_s / trl.completions_per_s                 target >= 10
+    ratio_vs_trl_long     pipeline_long.steady_completions_per_s / trl_long.completions_per_s  target >= 3
+                          (256-token rollouts, every one to the budget; both rates over the
+                          same span: the end of step 1 to the end of the last step)
     async_gain            pipeline.completions_per_s / sync.completions_per_s                (no target)
     pipeline_efficiency   compute_bound_s / pipeline.train_loop_s                             target >= 0.8
                           compute_bound_s = pipeline.completion_tokens_trained / generation.vllm.tokens_per_s
@@ -19,7 +22,10 @@ Under ``derived``: ``weight_transfer_vs_raw_tiny`` (the same ratio for the tiny 
 ``weight_transfer_receive_only_vs_raw`` (SmolLM2-135M's bucketed receive without the load into
 vLLM, over raw); ``ratio_vs_trl_tokens`` (trained completion tokens/s: completion lengths
 differ between the runs), ``ratio_vs_trl_steady`` and ``async_gain_steady`` (pipeline steps 2..N),
-``pipeline_efficiency_vs_sync_stages`` (the bound measured in place instead: the sync run's
+``ratio_vs_trl_long_loop`` (pope's whole train loop, step 1 included, over the same TRL rate),
+``ratio_vs_trl_long_tokens`` (completion tokens/s over the same span: rate x mean length on each
+side), ``pipeline_long_data_wait_share`` (median learner data wait / median step time of the long
+run: the share of a step the learner waits for generation), ``pipeline_efficiency_vs_sync_stages`` (the bound measured in place instead: the sync run's
 generate_s + train_s, scaled to the pipeline's steps, over train_loop_s). The training-only time
 scales the learner benchmark's rate by the padded tokens the pipeline's learner actually computed
 on (its batches' lengths follow the completions, which training changes); ``compute_bound``
@@ -37,6 +43,7 @@ from __future__ import annotations
 HOPS = 2
 TARGETS = {  # key -> (comparison, bound)
     "ratio_vs_trl": (">=", 10.0),
+    "ratio_vs_trl_long": (">=", 3.0),
     "pipeline_efficiency": (">=", 0.8),
     "broker_share_of_step": ("<=", 0.02),
     "broadcast_vs_raw": ("<=", 1.5),
@@ -90,8 +97,16 @@ def derive(results: dict) -> dict:
     broker_step_ms = None
     if per_group_ms is not None and pipe:
         broker_step_ms = per_group_ms * HOPS * pipe["groups_per_step"]
+    long = results.get("pipeline_long") or {}
+    trl_long_rate = _get(results, "trl_long", "completions_per_s")
+    long_tokens = _ratio(
+        long.get("steady_completions_per_s")
+        and long["steady_completions_per_s"] * long["completion_length_mean"],
+        trl_long_rate and trl_long_rate * (_get(results, "trl_long", "completion_length_mean") or 0),
+    )
     out = {
         "ratio_vs_trl": _ratio(pipe_rate, _get(results, "trl", "completions_per_s")),
+        "ratio_vs_trl_long": _ratio(long.get("steady_completions_per_s"), trl_long_rate),
         "pipeline_efficiency": _ratio(bound and bound["compute_bound_s"], pipe.get("train_loop_s")),
         "async_gain": _ratio(pipe_rate, sync.get("completions_per_s")),
         "broker_share_of_step": _ratio(broker_step_ms, pipe and 1000 * pipe["step_period_s"]),
@@ -106,6 +121,11 @@ def derive(results: dict) -> dict:
         "ratio_vs_trl_tokens": _ratio(pipe.get("tokens_per_s"), _get(results, "trl", "tokens_per_s")),
         "ratio_vs_trl_steady": _ratio(
             pipe.get("steady_completions_per_s"), _get(results, "trl", "completions_per_s")
+        ),
+        "ratio_vs_trl_long_loop": _ratio(long.get("completions_per_s"), trl_long_rate),
+        "ratio_vs_trl_long_tokens": long_tokens,
+        "pipeline_long_data_wait_share": _ratio(
+            _get(long, "step_median", "data_wait_s"), _get(long, "step_median", "step_s")
         ),
         "compute_bound": bound,
         "pipeline_efficiency_vs_sync_stages": _ratio(sync_bound, pipe.get("train_loop_s")),

@@ -16,6 +16,11 @@ step 1: the buffer fills, the engines warm up): steps 2..N over the time between
 step 1 and step N. ``launcher_wall_s`` is the launcher's ``wall_s`` split (its own key:
 results.json's ``wall_s`` is the benchmark's); ``step_median`` has per-step medians from
 metrics.jsonl, ``first_step`` the same times of step 1.
+
+``run_long`` (``--only pipeline_long``, key ``pipeline_long``) is the generation-heavy workload of
+``ratio_vs_trl_long``: the same run with ``LONG_OVERRIDES``, every rollout decoding the full
+``LONG_MAX_NEW_TOKENS`` = 256 (``actors.engine.stop_at_eos=false``: the tiny model would stop
+after ~25 tokens), 6 steps (quick: 3). bench/trl_peer.py ``run_long`` is its TRL peer.
 """
 
 from __future__ import annotations
@@ -31,16 +36,21 @@ CONFIG = ROOT / "configs" / "demo_cpu.yaml"
 OVERRIDES = [
     "actors.num_actors=2", "metrics.port=0", "checkpoint.save_final=false", "run.seed=0",
 ]  # fmt: skip
+LONG_MAX_NEW_TOKENS = 256
+LONG_OVERRIDES = [
+    f"actors.max_new_tokens={LONG_MAX_NEW_TOKENS}", "actors.engine.max_model_len=512",
+    "actors.engine.stop_at_eos=false",
+]  # fmt: skip
 STEP_KEYS = ("step_s", "data_wait_s", "forward_backward_s", "optimizer_s", "broadcast_s")
 
 
-def _worker(out: str, steps: int, config_path: str) -> None:
+def _worker(out: str, steps: int, config_path: str, extra: list[str]) -> None:
     from bench.common import median, write_worker_result
     from orchestrator.launcher import train
     from pope.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="pope-bench-pipeline-") as tmp:
-        overrides = [*OVERRIDES, f"learner.steps={steps}", f"run.output_dir={tmp}"]
+        overrides = [*OVERRIDES, *extra, f"learner.steps={steps}", f"run.output_dir={tmp}"]
         config = load_config(config_path, overrides)
         summary = train(config, printer=lambda line: print(line, flush=True))
         lines = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
@@ -50,13 +60,14 @@ def _worker(out: str, steps: int, config_path: str) -> None:
     tokens = sum(m["tokens_trained"] for m in lines)
     padded = sum(m["padded_tokens"] for m in lines)
     write_worker_result(out, {
-        "config": str(Path(config_path).relative_to(ROOT)), "overrides": [*OVERRIDES, f"learner.steps={steps}"],
+        "config": str(Path(config_path).relative_to(ROOT)), "overrides": [*OVERRIDES, *extra, f"learner.steps={steps}"],
         "engine": config.actors.engine.type, "num_actors": config.actors.num_actors,
         "num_workers": config.preprocess.num_workers, "groups_per_step": config.learner.groups_per_step,
         "num_rollouts": config.actors.num_rollouts, "max_new_tokens": config.actors.max_new_tokens,
         "steps": summary["steps"], "groups_trained": summary["groups_trained"],
         "groups_generated": summary["groups_generated"], "groups_lost": summary["groups_lost"],
         "completions_trained": completions, "completion_tokens_trained": tokens,
+        "completion_length_mean": tokens / completions,
         "padded_tokens_trained": padded, "sequence_tokens_trained": sum(m["sequence_tokens"] for m in lines),
         "train_loop_s": loop_s, "completions_per_s": completions / loop_s, "tokens_per_s": tokens / loop_s,
         "step_period_s": loop_s / summary["steps"],
@@ -71,12 +82,17 @@ def _worker(out: str, steps: int, config_path: str) -> None:
     })  # fmt: skip
 
 
-def run(quick: bool = False, config_path: Path = CONFIG) -> dict:
+def run(quick: bool = False, config_path: Path = CONFIG, extra: tuple[str, ...] = (), steps: int = 0) -> dict:
     from bench.common import run_worker
 
-    steps = 5 if quick else 20
+    steps = steps or (5 if quick else 20)
     env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
-    return run_worker("bench.pipeline", [str(steps), str(config_path)], env=env, timeout_s=1200)
+    return run_worker("bench.pipeline", [str(steps), str(config_path), *extra], env=env, timeout_s=1200)
+
+
+def run_long(quick: bool = False) -> dict:
+    """The generation-heavy workload: 256-token rollouts, every one to the budget."""
+    return run(quick, extra=tuple(LONG_OVERRIDES), steps=3 if quick else 6)
 
 
 if __name__ == "__main__":
@@ -84,8 +100,9 @@ if __name__ == "__main__":
     parser.add_argument("--worker", metavar="OUT", help="(internal) run the pipeline, write JSON to OUT")
     parser.add_argument("steps", nargs="?", type=int, default=5)
     parser.add_argument("config", nargs="?", default=str(CONFIG))
+    parser.add_argument("overrides", nargs="*", help="config overrides after the benchmark's own")
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker, args.steps, args.config)
+        _worker(args.worker, args.steps, args.config, args.overrides)
     else:
         print(json.dumps(run(quick=True, config_path=Path(args.config)), indent=2))

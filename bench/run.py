@@ -1,6 +1,7 @@
 """Run the selected benchmarks one after another and merge their numbers into bench/results.json.
 
-    python -m bench.run [--only broker,scoring,broadcast,weight_transfer,learner,generation,continuous,pipeline,sync,trl] [--quick]
+    python -m bench.run [--only broker,scoring,broadcast,weight_transfer,learner,generation,continuous,pipeline,sync,trl,
+                         pipeline_long,trl_long] [--quick]
 
 The file keeps the keys of earlier runs that this one did not redo. Top level: ``machine`` (CPU
 model, cores, memory, python, torch and vllm versions) and ``date`` of the latest run; each
@@ -8,7 +9,7 @@ benchmark's entry also carries its own ``date``, ``command``, ``quick`` flag and
 number can be traced to the run and the machine state that produced it. ``--quick`` runs small
 sizes, only to check that the benchmarks work: do not quote its numbers.
 
-After the benchmarks, the headline numbers (``ratio_vs_trl``, ``pipeline_efficiency``,
+After the benchmarks, the headline numbers (``ratio_vs_trl``, ``ratio_vs_trl_long``, ``pipeline_efficiency``,
 ``async_gain``, ``broker_share_of_step``, ``broadcast_vs_raw``, ``scoring_vs_raw``,
 ``generation_vs_raw``, ``engine_idle_share``, ``weight_transfer_vs_raw``) are derived
 from the merged file by bench/derived.py and written at the top level with ``derived`` (their
@@ -43,7 +44,12 @@ BENCHMARKS = {
     "pipeline": ("bench.pipeline", "pipeline"),
     "sync": ("bench.sync", "sync"),
     "trl": ("bench.trl_peer", "trl"),
+    # the generation-heavy workload (256-token rollouts) of ratio_vs_trl_long
+    "pipeline_long": ("bench.pipeline", "pipeline_long"),
+    "trl_long": ("bench.trl_peer", "trl_long"),
 }
+# the module function a benchmark runs, ``(quick: bool) -> dict``, where it is not ``run``
+FUNCTIONS = {"pipeline_long": "run_long", "trl_long": "run_long"}
 
 
 def _version(*distributions: str) -> str | None:
@@ -101,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name} ({'quick' if args.quick else 'full'})", flush=True)
         started = time.perf_counter()
         try:
-            numbers = importlib.import_module(module_name).run(quick=args.quick)
+            numbers = getattr(importlib.import_module(module_name), FUNCTIONS.get(name, "run"))(
+                quick=args.quick
+            )
         except Exception:  # deliberate: one broken benchmark must not lose the others' numbers
             traceback.print_exc()
             failed.append(name)

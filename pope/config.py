@@ -167,6 +167,13 @@ class VLLMEngineConfig(Section):
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion, tokens.")
     enforce_eager: bool = Field(True, description="Skip graph capture (faster start, needed on CPU).")
     max_num_seqs: int = Field(64, ge=1, description="Sequences vLLM schedules at once.")
+    stop_at_eos: bool = Field(
+        True,
+        description="False: every rollout this engine samples runs to actors.max_new_tokens (vLLM's "
+        "ignore_eos: EOS may be sampled and decoding goes on; no logit is masked, so the behaviour "
+        "logprobs stay the learner's). For benchmarks of a fixed generation budget "
+        "(bench/pipeline.py run_long); a training run leaves it on.",
+    )
     kv_after_update: Literal["recompute", "keep"] = Field(
         "recompute",
         description="Continuous generation (actors.generation): what the running sequences' KV cache "

@@ -58,3 +58,43 @@ def test_missing_inputs_give_none_not_an_error():
     assert out["pipeline_efficiency"] is None and out["derived"]["compute_bound"] is None
     assert out["ratio_vs_trl"] is None and out["targets"]["ratio_vs_trl"]["met"] is None
     assert out["async_gain"] == pytest.approx(1.2)
+
+
+def long_entries() -> dict:
+    return {
+        **entries(),
+        "pipeline_long": {
+            "completions_per_s": 40.0, "steady_completions_per_s": 48.0, "completion_length_mean": 256.0,
+            "step_median": {"step_s": 0.8, "data_wait_s": 0.2},
+        },
+        "trl_long": {"completions_per_s": 12.0, "completion_length_mean": 256.0},
+    }  # fmt: skip
+
+
+def test_long_workload_ratio_by_hand():
+    out = derive(long_entries())
+    # same span on both sides: 48 completions/s (pope, steps 2..N) / 12 (TRL after its warm-up) = 4
+    assert out["ratio_vs_trl_long"] == pytest.approx(4.0)
+    assert out["targets"]["ratio_vs_trl_long"] == {
+        "value": pytest.approx(4.0),
+        "target": ">= 3.0",
+        "met": True,
+    }
+    # the whole loop, step 1 in: 40 / 12
+    assert out["derived"]["ratio_vs_trl_long_loop"] == pytest.approx(40 / 12)
+    # tokens: 48 x 256 = 12,288 tokens/s over 12 x 256 = 3,072
+    assert out["derived"]["ratio_vs_trl_long_tokens"] == pytest.approx(12288 / 3072)
+    # the learner waits 0.2 s of a 0.8 s step for generation
+    assert out["derived"]["pipeline_long_data_wait_share"] == pytest.approx(0.25)
+    # the demo workload's numbers are untouched by the long entries
+    assert out["ratio_vs_trl"] == pytest.approx(120 / 80)
+
+
+def test_long_workload_missed_and_missing():
+    results = long_entries()
+    results["pipeline_long"]["steady_completions_per_s"] = 30.0  # 30 / 12 = 2.5 < 3
+    assert derive(results)["targets"]["ratio_vs_trl_long"]["met"] is False
+    del results["trl_long"]
+    out = derive(results)
+    assert out["ratio_vs_trl_long"] is None and out["targets"]["ratio_vs_trl_long"]["met"] is None
+    assert out["derived"]["ratio_vs_trl_long_tokens"] is None

@@ -141,3 +141,30 @@ def test_a_call_whose_prefills_exceed_the_token_budget_is_sampled_whole(engine):
     prompts = [[3 + (i + j) % 50 for j in range(80)] for i in range(16)]
     groups = engine.generate(prompts, SamplingSettings(8, 8, TEMPERATURE, 1.0, tuple(range(0, 16 * 8, 8))))
     assert [len(g) for g in groups] == [8] * 16 and all(len(s.token_ids) >= 1 for g in groups for s in g)
+
+
+def test_an_engine_that_ignores_eos_runs_every_rollout_to_the_budget(engine):
+    """``stop_at_eos=False`` on the engine (bench/pipeline.py ``run_long``): every rollout, per call
+    and continuous, decodes the whole budget, with the tokens the stopping engine sampled up to its
+    EOS (the same seeds; no logit is masked)."""
+    from actors.continuous import ContinuousGeneration
+
+    budget = 96
+    settings = SamplingSettings(8, budget, TEMPERATURE, 1.0, seeds=(5,))
+    (stopping,) = engine.generate([PROMPT], settings)
+    assert any(s.finish_reason == "stop" and len(s.token_ids) < budget for s in stopping)
+    engine.stop_at_eos = False
+    try:
+        (full,) = engine.generate([PROMPT], settings)
+    finally:
+        engine.stop_at_eos = True
+    assert [len(s.token_ids) for s in full] == [budget] * 8
+    assert {s.finish_reason for s in full} == {"length"}
+    for short, long in zip(stopping, full, strict=True):
+        assert long.token_ids[: len(short.token_ids)] == short.token_ids
+    stream = ContinuousGeneration(engine.llm.llm_engine, stop_at_eos=False)
+    stream.submit("full", PROMPT, settings, seed=5)
+    done = []
+    while stream.groups_running:
+        done += stream.step()
+    assert [s.token_ids for s in done[0].samples] == [s.token_ids for s in full]
