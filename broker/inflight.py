@@ -1,7 +1,8 @@
 """The pool-wide in-flight bound: how many groups are ahead of the learner, counted across every actor.
 
-    actor engines ──> rollouts stream ──> preprocess ──> train stream ──> learner (its batch)
-    └─ generating ─┘  └── lag + pending ──────────┘   └─── lag ───┘      (not counted)
+    actor engines ──> rollouts stream ──> preprocess ──> train stream ──> learner: its step's batch
+    └─ generating ─┘  └── lag + pending ──────────┘   └─── lag ───┘      (not counted), its surplus
+                                                                          (counted, field "learner")
 
 A group counts from the moment an actor reserves it (before it is submitted to the engine) until
 the learner reads it from the train stream. The learner's own batch (read, not yet acknowledged)
@@ -10,7 +11,9 @@ does not count, so generation overlaps the learner's step; with ``broker.max_gro
 at most one version before the one the learner trains it at.
 
 Each actor's count lives in one hash ``pope:<run_id>:generating``, field = actor id, value
-``"<count> <server ms>"``: the groups it reserved and has not written. Every operation is one Lua
+``"<count> <server ms>"``: the groups it reserved and has not written. The learner's field
+(``learner``) is its mix's surplus: groups it read beyond the step it took (a variant the step had
+enough of), held for the next step; they are ahead of its batch, so they count too. Every operation is one Lua
 script (one round trip, atomic): ``reserve`` takes up to n of the room left and adds them to the
 caller's count; ``Producer.put`` takes one off in the MULTI of its XADD (the group moves from the
 engine to the stream in one step, never counted twice or not at all). Fields not refreshed for
@@ -160,9 +163,10 @@ class PoolBound:
         do it in (``Producer.put``: the MULTI of the XADD)."""
         self._adjust(keys=self.keys[2:], args=[self.producer, -n, 0], client=client or self.client)
 
-    def reset(self) -> None:
-        """Count 0: an actor (re)starting holds nothing in its engine, whatever its last life left."""
-        self._adjust(keys=self.keys[2:], args=[self.producer, 0, 1])
+    def reset(self, count: int = 0) -> None:
+        """Count ``count`` (0: an actor (re)starting holds nothing in its engine, whatever its last life
+        left; the learner: the groups its mix holds beyond the step it took)."""
+        self._adjust(keys=self.keys[2:], args=[self.producer, count, 1])
 
     def refresh(self) -> None:
         """The field's stamp is now (the keepalive's beat): the others keep counting it."""
