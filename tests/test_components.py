@@ -103,7 +103,9 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     config, redis_server, redis_client, tiny_model_path, monkeypatch
 ):
     """Five unguided and two guided groups arrive: the one step trains 2 + 2 and holds the rest,
-    unacknowledged, for a later step; solve rates count every group of the step."""
+    unacknowledged, for a later step; solve rates count every group of the step. The learner reads
+    no more than the step still needs (the last entry stays unread), and its surplus counts against
+    the actors' pool-wide bound (its field of the generating hash)."""
     from broker.embedded import free_port
     from learner.trainer import Learner
 
@@ -117,15 +119,13 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     ensure_groups(redis_client, run_id)
     train = Producer(redis_client, run_id, "train", max_in_flight=None, maxlen=None)
     arrivals = [("u0", "unguided"), ("u1", "unguided"), ("u2", "unguided"), ("g0", "guided"), ("u3", "unguided"),
-                ("u4", "unguided"), ("g1", "guided")]  # fmt: skip
-    for gid, variant in arrivals:
-        texts = ["$\\boxed{7}$", "$\\boxed{1}$"] if gid in ("u0", "g1") else ["$\\boxed{1}$"] * 2
+                ("u4", "unguided"), ("u0", "unguided"), ("g1", "guided"), ("u5", "unguided")]  # fmt: skip
+    for i, (gid, variant) in enumerate(arrivals):
+        texts = ["$\\boxed{7}$", "$\\boxed{1}$"] if gid in ("u0", "g1") and i != 6 else ["$\\boxed{1}$"] * 2
         rewards = [float("7" in t) for t in texts]
         train.put(ScoredGroup(group=_group(run_id, gid, variant, texts), rewards=rewards,
                               advantages=[r - sum(rewards) / 2 for r in rewards], verdicts=["wrong", "wrong"],
                               worker_id="w"))  # fmt: skip
-    train.put(ScoredGroup(group=_group(run_id, "u0", "unguided", ["x", "y"]), rewards=[0.0, 0.0],
-                          advantages=[0.0, 0.0], verdicts=["wrong", "wrong"], worker_id="w"))  # fmt: skip
     # one group generated and not yet scored: the buffer lag the step's line reports
     Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=None).put(
         _group(run_id, "r0", "unguided", ["x", "y"])
@@ -134,6 +134,8 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     learner = Learner(
         config.for_learner(), tiny_model_path, redis_server.url, str(run_dir), [], num_hard_problems=64
     )
+    surplus, reset = [], learner.surplus.reset
+    learner.surplus.reset = lambda count=0: (surplus.append(count), reset(count))
     try:
         result = learner.run(1)
     finally:
@@ -143,8 +145,9 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     assert trained == ["g0", "g1", "u0", "u1"]
     assert line["solve_rate_unguided"] == 0.5 and line["solve_rate_guided"] == 0.5
     assert line["hard_solved_unguided_fraction"] == 1 / 64
-    # waiting: the unscored r0; the train stream was read to its end (u2 u3 u4 are held, not waiting)
-    assert line["buffer_lag_groups"] == 1.0 and line["groups_held"] == 3.0
+    # waiting: the unscored r0 and u5, never read (u2 u3 u4 are held, not waiting)
+    assert line["buffer_lag_groups"] == 2.0 and line["groups_held"] == 3.0
+    assert surplus == [3] and redis_client.hget(f"pope:{run_id}:generating", "learner") is None  # gone at stop
     assert result["trained_group_ids"] == ["u0", "u1", "g0", "g1"]
     # held for a later step: u2 u3 u4 stay pending; the second copy of u0 (read while holding) is a duplicate
     assert result["skipped_group_ids"]["duplicate"] == ["u0"]
