@@ -147,7 +147,9 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     assert line["hard_solved_unguided_fraction"] == 1 / 64
     # waiting: the unscored r0 and u5, never read (u2 u3 u4 are held, not waiting)
     assert line["buffer_lag_groups"] == 2.0 and line["groups_held"] == 3.0
-    assert surplus == [3] and redis_client.hget(f"pope:{run_id}:generating", "learner") is None  # gone at stop
+    assert (
+        surplus == [3] and redis_client.hget(f"pope:{run_id}:generating", "learner") is None
+    )  # gone at stop
     assert result["trained_group_ids"] == ["u0", "u1", "g0", "g1"]
     # held for a later step: u2 u3 u4 stay pending; the second copy of u0 (read while holding) is a duplicate
     assert result["skipped_group_ids"]["duplicate"] == ["u0"]
