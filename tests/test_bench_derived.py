@@ -58,3 +58,11 @@ def test_missing_inputs_give_none_not_an_error():
     assert out["pipeline_efficiency"] is None and out["derived"]["compute_bound"] is None
     assert out["ratio_vs_trl"] is None and out["targets"]["ratio_vs_trl"]["met"] is None
     assert out["async_gain"] == pytest.approx(1.2)
+
+
+def test_policy_lag_mean_is_the_lag_benchmarks_continuous_run_against_its_target():
+    assert derive({})["policy_lag_mean"] is None
+    for value, met in ((0.75, True), (1.0, True), (1.5, False)):
+        out = derive({"policy_lag": {"policy_lag_mean": value}})
+        assert out["policy_lag_mean"] == value
+        assert out["targets"]["policy_lag_mean"] == {"value": value, "target": "<= 1.0", "met": met}
