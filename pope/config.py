@@ -271,10 +271,10 @@ class BrokerConfig(Section):
         description="Backpressure bound, pool-wide: the actors reserve a group before generating it only "
         "while fewer than this many groups are ahead of the learner: those reserved in every actor's engine "
         "(or engine call), the rollouts stream's lag + pending (written, being scored) and the train "
-        "stream's lag (scored, not yet read by the learner; the learner's batch does not count, so "
-        "generation overlaps its step). At learner.groups_per_step a trained group started at most one "
-        "version before the one it is trained at (broker/README.md). Preprocess waits while the train "
-        "stream's lag reaches it.",
+        "stream's lag (scored, not yet read by the learner) and the learner's mix surplus (read beyond its "
+        "step); the learner's batch does not count, so generation overlaps its step. At "
+        "learner.groups_per_step the pool runs at most one step ahead: the trained groups' policy lag is "
+        "about 1 or less (broker/README.md). Preprocess waits while the train stream's lag reaches it.",
     )
     generating_stale_s: float = Field(
         30.0,
