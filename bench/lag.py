@@ -76,12 +76,13 @@ def run(quick: bool = False) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", metavar="OUT", help="(internal) one run, JSON to OUT")
-    parser.add_argument("args", nargs="*", help="generation steps bound")
-    args = parser.parse_args()
-    if args.worker:
-        _worker(args.worker, args.args[0], int(args.args[1]), int(args.args[2]))
-    else:
+    parser.add_argument("--worker", metavar="OUT", help="(internal) one run, its JSON to OUT")
+    parser.add_argument("run", nargs="*", help="with --worker: GENERATION STEPS BOUND")
+    options = parser.parse_args()
+    if not options.worker:
         import json
 
         print(json.dumps(run(quick=True), indent=2))
+    else:
+        generation, steps, bound = options.run
+        _worker(options.worker, generation, int(steps), int(bound))
