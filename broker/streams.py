@@ -350,11 +350,6 @@ class Producer:
         self.wait_s = 0.0  # total time spent waiting on backpressure
         self._cap = client.register_script(_CAP)
 
-    def has_room(self, coming: int = 0) -> bool:
-        """Whether one more group fits under the bound now, besides ``coming`` groups this producer
-        is generating and has not written yet (no wait)."""
-        return self.max_in_flight is None or self._in_flight() + coming < self.max_in_flight
-
     def wait_for_room(
         self,
         should_stop: Callable[[], bool] = lambda: False,
