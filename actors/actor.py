@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from actors.engine import SamplingSettings
 from actors.engines import make_engine
+from broker.inflight import PoolBound
 from broker.schemas import ActorProgress, PackedArray, Rollout, RolloutGroup
 from broker.streams import (
     LOOP_GRACE_S,
@@ -121,13 +122,16 @@ class RolloutActor:
         self.progress = ProgressReporter(
             ControlChannel(self.client, self.run_id), self.actor_id, config.progress_interval_s
         )
+        # the bound is pool-wide (broker/inflight.py): a (re)started actor holds nothing in its engine
+        self.pool = PoolBound(
+            self.client, self.run_id, self.actor_id, config.broker.max_groups_in_flight,
+            config.broker.generating_stale_s,
+        )  # fmt: skip
+        self.pool.reset()
         self.producer = Producer(
-            self.client,
-            self.run_id,
-            "rollouts",
-            max_in_flight=config.broker.max_groups_in_flight,
-            maxlen=config.broker.emergency_maxlen,
-        )
+            self.client, self.run_id, "rollouts", max_in_flight=None, maxlen=config.broker.emergency_maxlen,
+            pool=self.pool,
+        )  # fmt: skip
         self.schedule = PromptSchedule(problems, config.data, config.run.seed, config.groups_per_step, easy)
         self.claims = PositionClaims(self.client, self.run_id)
         # liveness from a thread: an engine call, a weight load or a backpressure wait longer than
@@ -135,7 +139,7 @@ class RolloutActor:
         self.keepalive = KeepAlive(
             self.actor_id,
             config.progress_interval_s,
-            [lambda: self._report_progress(force=True)],
+            [lambda: self._report_progress(force=True), self.pool.refresh],
             working=self.deadline.working,
         )
         # a restarted (or resumed) actor first asks what it had claimed and not written
@@ -184,10 +188,10 @@ class RolloutActor:
         return checksum
 
     # -- generation ------------------------------------------------------------------------------
-    def _next_positions(self) -> list[int]:
-        """The unwritten positions of a claim made before a restart (alone: the sampler hash keeps one
-        claim per producer, so a call never mixes them with a new claim), else a new claim."""
-        n = self.config.actors.prompts_per_call
+    def _next_positions(self, n: int) -> list[int]:
+        """Up to ``n`` unwritten positions of a claim made before a restart (alone: the sampler hash
+        keeps one claim per producer, so a call never mixes them with a new claim), else a new claim
+        of ``n``."""
         if self._redo:
             positions, self._redo = self._redo[:n], self._redo[n:]
             return positions
@@ -211,9 +215,11 @@ class RolloutActor:
             seeds=seeds,
         )
 
-    def generate_once(self) -> list[RolloutGroup]:
-        """One engine call: ``prompts_per_call`` prompts, G rollouts each, one seed per request."""
-        specs, prompt_ids, seeds = self._specs(self._next_positions())
+    def generate_once(self, num_prompts: int | None = None) -> list[RolloutGroup]:
+        """One engine call: ``num_prompts`` (default ``prompts_per_call``; fewer when redoing the
+        rest of a claim) prompts, G rollouts each, one seed per request."""
+        n = num_prompts or self.config.actors.prompts_per_call
+        specs, prompt_ids, seeds = self._specs(self._next_positions(n))
         settings = self._sampling(seeds)
         version = self.version
         start = time.monotonic()
@@ -281,29 +287,38 @@ class RolloutActor:
                 self._run_per_call()
         finally:
             self.keepalive.stop()
+            self.pool.leave()
             self.calls.running = False
             self.calls.serve()
             self._report_progress(force=True)
         return self.stats
 
     def _run_per_call(self) -> None:
+        """A call takes as many prompts as the pool has room for, up to ``prompts_per_call``: they
+        count against the bound from the reservation until each is written."""
         while not self._stop.is_set():
             self.deadline.expect()
             self.calls.serve()
-            before = self.producer.wait_s
-            if not self.producer.wait_for_room(self._idle_tick, sleep=self._sleep_until_call):
+            before = self.pool.wait_s
+            wanted = self.config.actors.prompts_per_call
+            granted = self.pool.acquire(wanted, self._idle_tick, sleep=self._sleep_until_call)
+            self.stats.backpressure_wait_s += self.pool.wait_s - before
+            if not granted:
                 break
-            self.stats.backpressure_wait_s += self.producer.wait_s - before
             self.calls.serve()
-            for group in self.generate_once():
+            groups = self.generate_once(granted)
+            if len(groups) < granted:  # the rest of a claim made before a restart was shorter
+                self.pool.release(granted - len(groups))
+            for group in groups:
                 self._write(group)
             self._report_progress()
 
     def _run_continuous(self) -> None:
         """The engine steps while there is anything to decode; between two steps it serves weight
         updates (in flight: running sequences go on under the new version) and adds groups while
-        the engine has room (``max_num_seqs`` sequences, and one group waiting) and the stream has room (backpressure
-        pauses adding, not the engine; the groups this actor generates count against the bound).
+        the engine has room (``max_num_seqs`` sequences, and one group waiting) and the pool-wide bound
+        has room (``broker.inflight``: each group is reserved before it is submitted; backpressure
+        pauses adding, not the engine).
         Finished groups are written in position order (a restarted actor redoes what it claimed and
         did not write)."""
         cfg = self.config.actors
@@ -314,12 +329,14 @@ class RolloutActor:
         order: list[int] = []  # submitted positions, rising: the order they are written in
         done: dict[int, RolloutGroup] = {}
         submitted: dict[str, tuple] = {}  # key -> (spec, prompt ids, seed, submitted at)
+        held = 0  # groups reserved by the backpressure wait, not yet submitted
         while not self._stop.is_set():
             self.deadline.expect()
             self.calls.serve()
-            while stream.sequences_running < capacity and self.producer.has_room(coming=len(order)):
+            while stream.sequences_running < capacity and (held or self.pool.reserve(1)):
+                held = max(0, held - 1)
                 if not queued:
-                    queued = self._next_positions()
+                    queued = self._next_positions(cfg.prompts_per_call)
                 (spec,), (ids,), (seed,) = self._specs(queued[:1])
                 queued = queued[1:]
                 key = f"{spec.position}"
@@ -327,12 +344,12 @@ class RolloutActor:
                 submitted[key] = (spec, ids, seed, time.monotonic())
                 order.append(spec.position)
             if not stream.groups_running:  # nothing to decode: the stream is full, or stopping
-                before = self.producer.wait_s
+                before = self.pool.wait_s
                 # an evaluation submitted meanwhile ends the wait: it decodes whatever the stream's room
-                self.producer.wait_for_room(
-                    lambda: self._idle_tick() or stream.groups_running > 0, sleep=self._sleep_until_call
+                held += self.pool.acquire(
+                    1, lambda: self._idle_tick() or stream.groups_running > 0, sleep=self._sleep_until_call
                 )
-                self.stats.backpressure_wait_s += self.producer.wait_s - before
+                self.stats.backpressure_wait_s += self.pool.wait_s - before
                 continue
             self.deadline.expect(cfg.engine_call_timeout_s)
             start = time.monotonic()

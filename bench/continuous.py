@@ -17,10 +17,7 @@ Every rollout runs to the budget (``ignore_eos``): the tiny model would stop aft
 decoding while prompts were still waiting (target <= 5%); ``step_share``: the share spent inside
 the engine's step; ``continuous_vs_per_call``: tokens/s ratio.
 
-``policy_lag``: the demo pipeline (configs/demo_cpu.yaml, 12 steps) per call and continuous: the
-mean policy lag of the trained groups (learner version minus 1 minus the group's start version),
-per token (``policy_lag_tokens_mean``: each token under the version that sampled it) and the
-groups' lag histogram. ``policy_lag_mean`` is the continuous run's (target <= 1).
+The demo pipeline's policy lag, per call and continuous, is bench/lag.py's.
 """
 
 from __future__ import annotations
@@ -130,63 +127,20 @@ def _worker(out: str, prompts_count: int, max_new_tokens: int) -> None:
     })  # fmt: skip
 
 
-def _lag_worker(out: str, generation: str, steps: int) -> None:
-    """The demo pipeline (configs/demo_cpu.yaml) for ``steps`` steps under ``generation``: the
-    policy lag of what the learner trained, per group (from its start version) and per token."""
-    import json as json_module
-    import tempfile
-    from pathlib import Path
-
-    from bench.common import ROOT, write_worker_result
-    from orchestrator.launcher import train
-    from pope.config import load_config
-
-    with tempfile.TemporaryDirectory(prefix="pope-bench-lag-") as tmp:
-        overrides = [f"actors.generation={generation}", f"learner.steps={steps}", "metrics.port=0",
-                     "checkpoint.save_final=false", f"run.output_dir={tmp}"]  # fmt: skip
-        summary = train(load_config(ROOT / "configs" / "demo_cpu.yaml", overrides), printer=lambda line: None)
-        lines = [
-            json_module.loads(x)
-            for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-        ]
-    group_lags = [
-        m["learner_version"] - 1 - g["policy_version"] for m in lines for g in m["groups"] if g["trained"]
-    ]
-    histogram: dict[str, int] = {}
-    for lag in group_lags:
-        histogram[str(lag)] = histogram.get(str(lag), 0) + 1
-    write_worker_result(out, {
-        "steps": steps, "completions_per_s": summary["completions_per_s"],
-        "policy_lag_mean": sum(group_lags) / len(group_lags),
-        "policy_lag_tokens_mean": sum(m["policy_lag_tokens_mean"] for m in lines) / len(lines),
-        "group_lag_histogram": dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
-    })  # fmt: skip
-
-
 def run(quick: bool = False) -> dict:
     from bench.common import run_worker
 
     args = ["16", "64"] if quick else ["48", str(MAX_NEW_TOKENS)]
     env = {"VLLM_LOGGING_LEVEL": "WARNING"}
-    result = run_worker("bench.continuous", args, env=env)
-    steps = "3" if quick else "12"
-    result["policy_lag"] = {
-        generation: run_worker("bench.continuous", ["--lag", generation, steps], env=env)
-        for generation in ("per_call", "continuous")
-    }
-    result["policy_lag_mean"] = result["policy_lag"]["continuous"]["policy_lag_mean"]
-    return result
+    return run_worker("bench.continuous", args, env=env)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", metavar="OUT", help="(internal) run the three, write JSON to OUT")
-    parser.add_argument("--lag", action="store_true", help="(internal) the demo pipeline's policy lag")
-    parser.add_argument("args", nargs="*", help="prompts max_new_tokens; with --lag: generation steps")
+    parser.add_argument("args", nargs="*", help="prompts max_new_tokens")
     args = parser.parse_args()
-    if args.worker and args.lag:
-        _lag_worker(args.worker, args.args[0], int(args.args[1]))
-    elif args.worker:
+    if args.worker:
         _worker(args.worker, int(args.args[0]), int(args.args[1]))
     else:
         import json

@@ -7,7 +7,10 @@ broadcast of one warm buffer and the raw broadcast of a fresh buffer (log-log; t
 and the 16 / 64 / 256 MiB sets). ``step_time.png``: where one step's time goes in the pipeline
 (the learner's totals over the loop per step: data wait, forward/backward, optimizer, broadcast,
 the rest), the synchronous schedule (stage totals per step) and TRL (its timed steps' mean), for
-the same 4 groups x 8 completions; means, so that the parts add up to the step. ``make bench`` draws
+the same 4 groups x 8 completions; means, so that the parts add up to the step. ``policy_lag.png``:
+the trained groups' policy lag in the demo pipeline (bench/lag.py), per call and continuous side
+by side, one bar per run (the pool-wide bound at 4 and 8, and ``policy_lag_before``: the
+per-actor count the pool-wide one replaced, at 4), with each run's mean. ``make bench`` draws
 them after the benchmarks when matplotlib is installed (the ``bench`` extra).
 """
 
@@ -90,7 +93,36 @@ def plot(results: dict, out: Path) -> list[Path]:
         written.append(out / "step_time.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
+    lag = results.get("policy_lag")
+    if lag:
+        written.append(_plot_policy_lag(plt, lag, results.get("policy_lag_before"), out / "policy_lag.png"))
     return written
+
+
+def _plot_policy_lag(plt, lag: dict, before: dict | None, path: Path) -> Path:
+    """Trained groups per policy lag, a panel per generation mode, a bar per run."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, generation in zip(axes, ("per_call", "continuous"), strict=True):
+        runs = [(f"pool-wide bound {r['max_groups_in_flight']}", r) for r in lag["runs"].values()
+                if r["generation"] == generation]  # fmt: skip
+        if before and generation in before.get("runs", {}):
+            runs.append(("before: per-actor count, bound 4", before["runs"][generation]))
+        lags = sorted({int(k) for _, r in runs for k in r["group_lag_histogram"]})
+        width = 0.8 / max(1, len(runs))
+        for i, (label, r) in enumerate(runs):
+            total = sum(r["group_lag_histogram"].values())
+            shares = [r["group_lag_histogram"].get(str(x), 0) / total for x in lags]
+            ax.bar([x + (i - (len(runs) - 1) / 2) * width for x in lags], shares, width,
+                   label=f"{label}: mean {r['policy_lag_mean']:.2f}")  # fmt: skip
+        ax.set(title=generation.replace("_", " "), xlabel="policy lag (versions)", xticks=lags)
+        ax.legend(fontsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("share of trained groups")
+    fig.suptitle(f"policy lag of the trained groups, demo pipeline ({lag.get('date', '')})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

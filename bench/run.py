@@ -1,6 +1,6 @@
 """Run the selected benchmarks one after another and merge their numbers into bench/results.json.
 
-    python -m bench.run [--only broker,scoring,broadcast,weight_transfer,learner,generation,continuous,pipeline,sync,trl,
+    python -m bench.run [--only broker,scoring,broadcast,weight_transfer,learner,generation,continuous,lag,pipeline,sync,trl,
                          pipeline_long,trl_long] [--quick]
 
 The file keeps the keys of earlier runs that this one did not redo. Top level: ``machine`` (CPU
@@ -11,7 +11,7 @@ sizes, only to check that the benchmarks work: do not quote its numbers.
 
 After the benchmarks, the headline numbers (``ratio_vs_trl``, ``ratio_vs_trl_long``, ``pipeline_efficiency``,
 ``async_gain``, ``broker_share_of_step``, ``broadcast_vs_raw``, ``scoring_vs_raw``,
-``generation_vs_raw``, ``engine_idle_share``, ``weight_transfer_vs_raw``) are derived
+``generation_vs_raw``, ``engine_idle_share``, ``weight_transfer_vs_raw``, ``policy_lag_mean``) are derived
 from the merged file by bench/derived.py and written at the top level with ``derived`` (their
 inputs) and ``targets`` (met or not).
 """
@@ -41,6 +41,7 @@ BENCHMARKS = {
     "learner": ("bench.learner", "learner_step"),
     "generation": ("bench.generation", "generation"),
     "continuous": ("bench.continuous", "continuous"),
+    "lag": ("bench.lag", "policy_lag"),
     "pipeline": ("bench.pipeline", "pipeline"),
     "sync": ("bench.sync", "sync"),
     "trl": ("bench.trl_peer", "trl"),

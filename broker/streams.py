@@ -9,8 +9,8 @@ Invariants:
 - A consumer acknowledges an entry only after its output is written downstream, so an entry is
   either acknowledged (done) or still pending/undelivered (in flight); never silently gone.
 - Backpressure is the producer waiting while the consumer group's lag plus its pending entries
-  reach ``max_in_flight``. ``maxlen`` is only an emergency cap; the entries it trims before they were
-  acknowledged are counted (``cap_key``) and show up as ``lost``.
+  reach ``max_in_flight`` (the actors wait on the pool-wide count instead: ``broker.inflight``).
+  ``maxlen`` is only an emergency cap; the entries it trims before they were acknowledged are counted (``cap_key``) and show up as ``lost``.
 - Every group id written to the rollouts stream is also added, in the same MULTI, to the set
   ``pope:<run_id>:generated`` (the ledger), so entries that every consumer acknowledged can be
   trimmed (``broker.accounting.trim_acknowledged``) while the end-of-run accounting stays exact.
@@ -335,8 +335,12 @@ class Producer:
         max_in_flight: int | None,
         maxlen: int | None,
         count_pending: bool = True,
+        pool=None,
     ):
+        """``pool``: a ``broker.inflight.PoolBound`` whose count a written group leaves (in the MULTI
+        of its XADD); an actor's producer waits on the pool, not on ``max_in_flight``."""
         self.client = client
+        self.pool = pool
         self.count_pending = count_pending
         self.run_id = run_id
         self.stream = stream
@@ -345,11 +349,6 @@ class Producer:
         self.maxlen = maxlen
         self.wait_s = 0.0  # total time spent waiting on backpressure
         self._cap = client.register_script(_CAP)
-
-    def has_room(self, coming: int = 0) -> bool:
-        """Whether one more group fits under the bound now, besides ``coming`` groups this producer
-        is generating and has not written yet (no wait)."""
-        return self.max_in_flight is None or self._in_flight() + coming < self.max_in_flight
 
     def wait_for_room(
         self,
@@ -388,6 +387,8 @@ class Producer:
             pipe.sadd(ledger_key(self.run_id), message.group_id)
             if position is not None:
                 pipe.hset(sampler_key(self.run_id), position[0], position[1])
+            if self.pool is not None:  # from the engine to the stream in one step: counted once
+                self.pool.release(1, client=pipe)
         entry_id, length = pipe.execute()[:2]
         if self.maxlen is not None and int(length) > self.maxlen:
             self._cap(

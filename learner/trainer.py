@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from broker.accounting import groups_waiting
+from broker.inflight import PoolBound
 from broker.schemas import LearnerProgress, ScoredGroup, StepReport, WeightsPublished
 from broker.streams import (
     LOOP_GRACE_S,
@@ -148,8 +149,15 @@ class Learner:
         # hang, and a hung learner goes silent and is named
         self.phase = "idle"
         self.deadline = WorkDeadline(LOOP_GRACE_S + config.broker.block_ms / 1000)
+        # the mix's surplus (read, held for a later step) is ahead of the learner's batch: it counts
+        # against the actors' pool-wide bound, as the learner's field of the generating hash
+        self.surplus = PoolBound(self.client, self.run_id, "learner", None, config.broker.generating_stale_s)
+        self.surplus.reset()
         self.keepalive = KeepAlive(
-            "learner", config.progress_interval_s, [self._beat], working=self.deadline.working
+            "learner",
+            config.progress_interval_s,
+            [self._beat, self.surplus.refresh],
+            working=self.deadline.working,
         )
 
     @property
@@ -213,7 +221,10 @@ class Learner:
                 got = self.consumer.read_own_pending(self.mix.size)
                 self._replay_pending = bool(got)
             if not got:
-                got = self.consumer.read(self.mix.size, self.config.broker.block_ms)
+                # no more than the step still needs: a group read is out of the actors' bound
+                # (broker/inflight.py), so reading ahead would let them run a step further ahead
+                wanted = max(1, sum(self.mix.missing().values()))
+                got = self.consumer.read(wanted, self.config.broker.block_ms)
             if got:
                 deadline = time.monotonic() + self.cfg.data_timeout_s
             for entry in got:  # the consumer dead-lettered what is not a scored group of this run
@@ -232,6 +243,7 @@ class Learner:
                     "and preprocess workers alive?"
                 )
         taken = self.mix.take()
+        self.surplus.reset(self.mix.held())
         return [group for _, group in taken], entry_ids + [entry_id for entry_id, _ in taken]
 
     def _signal(self, groups: list[ScoredGroup]) -> list[ScoredGroup]:
@@ -328,6 +340,7 @@ class Learner:
             raise
         finally:
             self.keepalive.stop()
+            self.surplus.leave()
             self.calls.running = False
             self.calls.serve()
 

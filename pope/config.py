@@ -280,8 +280,20 @@ class BrokerConfig(Section):
     max_groups_in_flight: int = Field(
         8,
         ge=1,
-        description="Backpressure bound: producers wait while a stream's consumer-group lag plus pending "
-        "entries reaches this many groups.",
+        description="Backpressure bound, pool-wide: the actors reserve a group before generating it only "
+        "while fewer than this many groups are ahead of the learner: those reserved in every actor's engine "
+        "(or engine call), the rollouts stream's lag + pending (written, being scored) and the train "
+        "stream's lag (scored, not yet read by the learner) and the learner's mix surplus (read beyond its "
+        "step); the learner's batch does not count, so generation overlaps its step. At "
+        "learner.groups_per_step the pool runs at most one step ahead: the trained groups' policy lag is "
+        "about 1 or less (broker/README.md). Preprocess waits while the train stream's lag reaches it.",
+    )
+    generating_stale_s: float = Field(
+        30.0,
+        gt=0,
+        description="An actor's count of reserved groups (pope:<run_id>:generating) that was not refreshed "
+        "for this long (its keepalive refreshes it every metrics.progress_interval_s) is left out of the "
+        "bound: what an actor that died for good, or hung, held stops blocking the others.",
     )
     emergency_maxlen: int = Field(
         100_000, ge=1000, description="MAXLEN cap on streams; only a safety net, never backpressure."
@@ -743,6 +755,12 @@ class PopeConfig(Section):
                 "engine generates per call)"
             )
         self.weight_transfer_backend  # noqa: B018  raises where the choice does not fit the devices
+        if self.broker.generating_stale_s < 3 * self.metrics.progress_interval_s:
+            raise ValueError(
+                f"broker.generating_stale_s ({self.broker.generating_stale_s}) must be at least 3 x "
+                f"metrics.progress_interval_s ({self.metrics.progress_interval_s}): a live actor's count, "
+                "refreshed at that interval, would be ignored"
+            )
         if self.broker.max_groups_in_flight < self.learner.groups_per_step:
             raise ValueError(
                 f"broker.max_groups_in_flight ({self.broker.max_groups_in_flight}) must be at least "

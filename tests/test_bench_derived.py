@@ -98,3 +98,11 @@ def test_long_workload_missed_and_missing():
     out = derive(results)
     assert out["ratio_vs_trl_long"] is None and out["targets"]["ratio_vs_trl_long"]["met"] is None
     assert out["derived"]["ratio_vs_trl_long_tokens"] is None
+
+
+def test_policy_lag_mean_is_the_lag_benchmarks_continuous_run_against_its_target():
+    assert derive({})["policy_lag_mean"] is None
+    for value, met in ((0.75, True), (1.0, True), (1.5, False)):
+        out = derive({"policy_lag": {"policy_lag_mean": value}})
+        assert out["policy_lag_mean"] == value
+        assert out["targets"]["policy_lag_mean"] == {"value": value, "target": "<= 1.0", "met": met}

@@ -522,3 +522,88 @@ def test_stream_health_reads_counters_not_entries(redis_client, run_id):
     assert [e.message.group_id for e in read] == [f"actor0-{i}" for i in range(12, 24)]
     health = stream_health(redis_client, run_id, "rollouts")
     assert (health.lag, health.lost) == (0, 7)
+
+
+def _server_ms(client) -> int:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def test_the_pool_bound_counts_both_streams_and_every_actors_engine(redis_client, run_id):
+    """Ahead of the learner: rollouts lag + pending, train lag (not the learner's batch), every
+    actor's reserved groups. The old count (rollouts lag + pending + the caller's own groups) saw 3
+    here and let the caller take 5 more; the pool sees 6 and grants 2."""
+    from broker.inflight import PoolBound, generating_key
+
+    a = PoolBound(redis_client, run_id, "actor0", max_in_flight=8, stale_s=30.0)
+    b = PoolBound(redis_client, run_id, "actor1", max_in_flight=8, stale_s=30.0)
+    rollouts = Producer(redis_client, run_id, "rollouts", None, 100_000)
+    for i in range(3):
+        rollouts.put(make_group(f"actor9-r{i}"))
+    Consumer(redis_client, run_id, "rollouts", "w0").read(count=1, block_ms=100)  # being scored
+    train = Producer(redis_client, run_id, "train", None, 100_000)
+    for i in range(3):
+        train.put(make_group(f"actor9-t{i}"))
+    Consumer(redis_client, run_id, "train", "learner").read(count=2, block_ms=100)  # the learner's batch
+    assert b.reserve(2) == 2
+    seen = a.count()
+    assert (seen.rollouts_lag, seen.rollouts_pending, seen.train_lag, seen.others, seen.own) == (
+        2,
+        1,
+        1,
+        2,
+        0,
+    )
+    assert seen.total == 6 and seen.granted == 0
+    assert a.reserve(5) == 2 and a.reserve(1) == 0  # 8 - 6: the rest of the room, no more
+    assert PoolBound(redis_client, run_id, "actor2", 8, 30.0).acquire(1, lambda: True, poll_s=0.01) == 0
+    # a written group leaves its actor's count in the MULTI of its XADD: the total does not move
+    Producer(redis_client, run_id, "rollouts", None, 100_000, pool=b).put(make_group("actor1-x-0000000"))
+    seen = a.count()
+    assert (seen.rollouts_lag, seen.others, seen.own, seen.total) == (3, 1, 2, 8)
+    assert redis_client.hget(generating_key(run_id), "actor1").split()[0] == b"1"
+    b.release(5)  # dropped (more than it holds): its count stops at 0
+    assert a.count().others == 0 and a.reserve(3) == 1
+
+
+def test_a_stale_count_is_ignored_and_restart_or_stop_clear_their_own(redis_client, run_id):
+    from broker.inflight import PoolBound, generating_key
+
+    key = generating_key(run_id)
+    a = PoolBound(redis_client, run_id, "actor0", max_in_flight=4, stale_s=30.0)
+    now = _server_ms(redis_client)
+    redis_client.hset(key, "actor1", f"3 {now - 29_000}")  # refreshed 29 s ago: alive, counted
+    redis_client.hset(key, "actor2", f"4 {now - 31_000}")  # 31 s: an actor gone for good, ignored
+    seen = a.count()
+    assert (seen.others, seen.total) == (3, 3)
+    assert a.reserve(4) == 1
+    redis_client.hset(key, "actor0", f"2 {now - 60_000}")  # its own count is its own, whatever its age
+    assert a.count().own == 2
+    a.refresh()
+    count, stamp = redis_client.hget(key, "actor0").split()
+    assert int(count) == 2 and int(stamp) >= now
+    a.reset()  # restarted by Ray: nothing of its last life is in its engine
+    assert redis_client.hget(key, "actor0").split()[0] == b"0"
+    a.leave()  # resized away
+    assert redis_client.hget(key, "actor0") is None
+    assert key.startswith(f"pope:{run_id}:")
+
+
+def test_pool_reservations_never_share_room(redis_client, run_id):
+    """Eight actors reserve one group at a time, at once: exactly the bound is granted."""
+    from broker.inflight import PoolBound
+
+    bound = 12
+    granted = []
+
+    def take(name):
+        pool = PoolBound(redis_client, run_id, name, max_in_flight=bound, stale_s=30.0)
+        for _ in range(bound):
+            granted.append(pool.reserve(1))
+
+    threads = [threading.Thread(target=take, args=(f"actor{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sum(granted) == bound and len(granted) == 8 * bound

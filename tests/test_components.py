@@ -103,7 +103,9 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     config, redis_server, redis_client, tiny_model_path, monkeypatch
 ):
     """Five unguided and two guided groups arrive: the one step trains 2 + 2 and holds the rest,
-    unacknowledged, for a later step; solve rates count every group of the step."""
+    unacknowledged, for a later step; solve rates count every group of the step. The learner reads
+    no more than the step still needs (the last entry stays unread), and its surplus counts against
+    the actors' pool-wide bound (its field of the generating hash)."""
     from broker.embedded import free_port
     from learner.trainer import Learner
 
@@ -117,15 +119,13 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     ensure_groups(redis_client, run_id)
     train = Producer(redis_client, run_id, "train", max_in_flight=None, maxlen=None)
     arrivals = [("u0", "unguided"), ("u1", "unguided"), ("u2", "unguided"), ("g0", "guided"), ("u3", "unguided"),
-                ("u4", "unguided"), ("g1", "guided")]  # fmt: skip
-    for gid, variant in arrivals:
-        texts = ["$\\boxed{7}$", "$\\boxed{1}$"] if gid in ("u0", "g1") else ["$\\boxed{1}$"] * 2
+                ("u4", "unguided"), ("u0", "unguided"), ("g1", "guided"), ("u5", "unguided")]  # fmt: skip
+    for i, (gid, variant) in enumerate(arrivals):
+        texts = ["$\\boxed{7}$", "$\\boxed{1}$"] if gid in ("u0", "g1") and i != 6 else ["$\\boxed{1}$"] * 2
         rewards = [float("7" in t) for t in texts]
         train.put(ScoredGroup(group=_group(run_id, gid, variant, texts), rewards=rewards,
                               advantages=[r - sum(rewards) / 2 for r in rewards], verdicts=["wrong", "wrong"],
                               worker_id="w"))  # fmt: skip
-    train.put(ScoredGroup(group=_group(run_id, "u0", "unguided", ["x", "y"]), rewards=[0.0, 0.0],
-                          advantages=[0.0, 0.0], verdicts=["wrong", "wrong"], worker_id="w"))  # fmt: skip
     # one group generated and not yet scored: the buffer lag the step's line reports
     Producer(redis_client, run_id, "rollouts", max_in_flight=None, maxlen=None).put(
         _group(run_id, "r0", "unguided", ["x", "y"])
@@ -134,6 +134,8 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     learner = Learner(
         config.for_learner(), tiny_model_path, redis_server.url, str(run_dir), [], num_hard_problems=64
     )
+    surplus, reset = [], learner.surplus.reset
+    learner.surplus.reset = lambda count=0: (surplus.append(count), reset(count))
     try:
         result = learner.run(1)
     finally:
@@ -143,8 +145,11 @@ def test_learner_trains_exact_steps_and_holds_the_surplus(
     assert trained == ["g0", "g1", "u0", "u1"]
     assert line["solve_rate_unguided"] == 0.5 and line["solve_rate_guided"] == 0.5
     assert line["hard_solved_unguided_fraction"] == 1 / 64
-    # waiting: the unscored r0; the train stream was read to its end (u2 u3 u4 are held, not waiting)
-    assert line["buffer_lag_groups"] == 1.0 and line["groups_held"] == 3.0
+    # waiting: the unscored r0 and u5, never read (u2 u3 u4 are held, not waiting)
+    assert line["buffer_lag_groups"] == 2.0 and line["groups_held"] == 3.0
+    assert (
+        surplus == [3] and redis_client.hget(f"pope:{run_id}:generating", "learner") is None
+    )  # gone at stop
     assert result["trained_group_ids"] == ["u0", "u1", "g0", "g1"]
     # held for a later step: u2 u3 u4 stay pending; the second copy of u0 (read while holding) is a duplicate
     assert result["skipped_group_ids"]["duplicate"] == ["u0"]
@@ -485,3 +490,64 @@ def test_the_learner_beats_while_it_waits_and_trains_and_goes_silent_when_a_step
     assert [t for t, m in beats if m.phase == "train" and start < t < start + 1.5], beats
     # past 1.5 + 0.5 s (and a second's slack for a loaded machine) and until the step ends: silent
     assert not [(t - start, m.phase) for t, m in beats if start + 3.0 < t < start + 5.0]
+
+
+def test_a_per_call_actor_takes_only_the_room_the_pool_leaves(
+    config, redis_server, redis_client, tiny_model_path
+):
+    """Bound 4 (a step): two scored groups wait for the learner on the train stream and another actor
+    holds one in its engine, so the actor's call takes one prompt, not prompts_per_call (4), and then
+    waits. (Counting only the rollouts stream and its own groups, as before, it wrote 4.) Then the
+    learner reads the two (its batch: not counted) and the other actor's count goes stale (it died for
+    good): a restarted actor takes the 3 left beside the one group in the rollouts stream."""
+    import threading
+
+    from actors.actor import RolloutActor
+    from broker.inflight import PoolBound, generating_key
+    from broker.streams import Consumer
+
+    run_id = config.run.run_id
+    ensure_groups(redis_client, run_id)
+    problems = run_problems(config.data, config.run.seed)
+    settings = config.for_actors()
+    settings = settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"max_groups_in_flight": 4})}
+    )
+    train = Producer(redis_client, run_id, "train", max_in_flight=None, maxlen=None)
+    scored = ScoredGroup(group=_group(run_id, "s", "unguided", ["a", "b"]), rewards=[1.0, 0.0],
+                         advantages=[0.5, -0.5], verdicts=["correct", "wrong"], worker_id="t")  # fmt: skip
+    for _ in range(2):
+        train.put(scored)
+    assert PoolBound(redis_client, run_id, "actor1", 4, 30.0).reserve(1) == 1
+
+    def one_call(actor) -> list[int]:
+        """Run the loop until its first call's groups are written; the prompts of each call."""
+        calls, real_generate = [], actor.engine.generate
+
+        def generate(prompt_ids, settings):
+            calls.append(len(prompt_ids))
+            return real_generate(prompt_ids, settings)
+
+        actor.engine.generate = generate
+        written = redis_client.xlen(f"pope:{run_id}:rollouts")
+        loop = threading.Thread(target=actor.run)
+        loop.start()
+        deadline = time.monotonic() + 120
+        while not calls or redis_client.xlen(f"pope:{run_id}:rollouts") < written + calls[0]:
+            assert time.monotonic() < deadline and loop.is_alive(), "the actor wrote nothing"
+            time.sleep(0.05)
+        actor.stop()
+        loop.join(timeout=60)
+        actor.close()
+        assert not loop.is_alive()
+        assert redis_client.hget(generating_key(run_id), "actor0") is None  # stopped: its field went
+        return calls
+
+    assert one_call(RolloutActor(settings, 0, tiny_model_path, redis_server.url, problems)) == [1]
+    assert redis_client.xlen(f"pope:{run_id}:rollouts") == 1
+    assert len(Consumer(redis_client, run_id, "train", "learner").read(count=2, block_ms=100)) == 2
+    seconds, micros = redis_client.time()
+    stale_ms = seconds * 1000 + micros // 1000 - 31_000  # generating_stale_s is 30
+    redis_client.hset(generating_key(run_id), "actor1", f"1 {stale_ms}")
+    assert one_call(RolloutActor(settings, 0, tiny_model_path, redis_server.url, problems)) == [3]
+    assert redis_client.xlen(f"pope:{run_id}:rollouts") == 4

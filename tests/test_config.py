@@ -247,3 +247,9 @@ def test_the_resolved_backend_reaches_the_actors_and_the_learner():
     config = load_config(None, ["learner.num_gpus=1", "actors.num_gpus=1"])
     assert config.for_actors().weight_transfer == config.for_learner().weight_transfer == "nccl"
     assert load_config(None).for_actors().weight_transfer == "gloo"
+
+
+def test_a_stale_window_a_live_actors_refresh_could_miss_is_refused():
+    with pytest.raises(ConfigError, match=r"generating_stale_s"):
+        load_config(None, ["broker.generating_stale_s=2.5", "metrics.progress_interval_s=1.0"])
+    assert load_config(None, ["broker.generating_stale_s=3"]).broker.generating_stale_s == 3.0
