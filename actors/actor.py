@@ -114,6 +114,7 @@ class RolloutActor:
         self.incarnation = secrets.token_hex(3)
         self.deadline = WorkDeadline(LOOP_GRACE_S)  # until when the loop's current phase may last
         self.stream = None  # continuous generation (actors.generation): the engine's step interface
+        self.weights_whole = True  # False from a weight update's start until it has loaded whole
         self._evals: dict[str, _EvalBatch] = {}  # continuous: evaluation request key -> its batch
         if redis_url is None:
             return
@@ -176,11 +177,16 @@ class RolloutActor:
     def _load_weights(self, version: int, update_info: dict, timeout_s: float) -> float | None:
         start = time.monotonic()
         self.deadline.expect(timeout_s)
+        # an update that fails part way (a peer of the weight group died mid-broadcast) leaves the
+        # engine's layers half reloaded (vLLM's layerwise reload puts meta tensors in place until a
+        # layer is loaded): decode nothing until a whole update has loaded
+        self.weights_whole = False
         try:
             checksum = self.engine.update_weights(update_info)
         finally:
             self.stats.weight_load_s += time.monotonic() - start
             self.deadline.expect()
+        self.weights_whole = True
         self.version = version
         if self.stream is not None:  # between two decoding steps: later tokens are this version's
             self.stream.weights_changed(version)
@@ -299,6 +305,9 @@ class RolloutActor:
         while not self._stop.is_set():
             self.deadline.expect()
             self.calls.serve()
+            if not self.weights_whole:  # the learner regroups and sends the whole weights again
+                self._sleep_until_call(0.05)
+                continue
             before = self.pool.wait_s
             wanted = self.config.actors.prompts_per_call
             granted = self.pool.acquire(wanted, self._idle_tick, sleep=self._sleep_until_call)
@@ -333,6 +342,9 @@ class RolloutActor:
         while not self._stop.is_set():
             self.deadline.expect()
             self.calls.serve()
+            if not self.weights_whole:  # the learner regroups and sends the whole weights again
+                self._sleep_until_call(0.05)
+                continue
             while stream.sequences_running < capacity and (held or self.pool.reserve(1)):
                 held = max(0, held - 1)
                 if not queued:
