@@ -551,3 +551,46 @@ def test_a_per_call_actor_takes_only_the_room_the_pool_leaves(
     redis_client.hset(generating_key(run_id), "actor1", f"1 {stale_ms}")
     assert one_call(RolloutActor(settings, 0, tiny_model_path, redis_server.url, problems)) == [3]
     assert redis_client.xlen(f"pope:{run_id}:rollouts") == 4
+
+
+def test_an_actor_whose_weight_update_failed_part_way_decodes_nothing_until_a_whole_one_loads(
+    config, redis_server, redis_client, tiny_model_path
+):
+    """A peer of the weight group dying mid-broadcast fails the update after the engine began
+    reloading its layers (vLLM leaves meta tensors in those not yet loaded): the loop serves calls
+    but generates nothing until the next update loads whole, then goes on."""
+    import threading
+
+    from actors.actor import RolloutActor
+
+    ensure_groups(redis_client, config.run.run_id)
+    problems = run_problems(config.data, config.run.seed)
+    actor = RolloutActor(config.for_actors(), 0, tiny_model_path, redis_server.url, problems)
+    calls, real_generate = [], actor.engine.generate
+
+    def generate(prompt_ids, settings):
+        calls.append(len(prompt_ids))
+        return real_generate(prompt_ids, settings)
+
+    def broken_update(update_info):
+        raise RuntimeError("gloo: connection closed by peer")
+
+    actor.engine.generate = generate
+    actor.engine.update_weights = broken_update
+    with pytest.raises(RuntimeError, match="closed by peer"):
+        actor._load_weights(1, {}, 30.0)
+    assert actor.weights_whole is False and actor.version == 0
+    loop = threading.Thread(target=actor.run)
+    loop.start()
+    time.sleep(2.0)
+    assert calls == [] and loop.is_alive()  # waiting, not decoding on half-loaded layers
+    actor.engine.update_weights = lambda update_info: None
+    assert actor.update_weights(2, {}, 30.0) is None  # served by the loop between its waits
+    deadline = time.monotonic() + 120
+    while not calls:
+        assert time.monotonic() < deadline and loop.is_alive(), "no generation after a whole update"
+        time.sleep(0.05)
+    actor.stop()
+    loop.join(timeout=60)
+    actor.close()
+    assert not loop.is_alive() and actor.weights_whole and actor.version == 2
