@@ -37,7 +37,7 @@ from orchestrator.logfilter import LogFilter
 from orchestrator.metrics import RunMetrics
 from orchestrator.models import resolve_model_path
 from orchestrator.pools import Pools
-from orchestrator.progress import Phases, eval_lines, learning_table, progress_line, read_eval, read_metrics
+from orchestrator.progress import Phases, progress_line, what_changed
 from orchestrator.report import report_after_run
 from pope.config import PopeConfig, dump_config
 from pope.datasets import run_problems
@@ -358,9 +358,7 @@ def train(config: PopeConfig, printer=print, resume: bool = False) -> dict:
         if log_filter is not None:  # so far: a line Ray forwards later still goes to the file
             summary["engine_notices_filtered"] = log_filter.filtered
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        table = "\n".join(
-            filter(None, [learning_table(read_metrics(run_dir)), *eval_lines(read_eval(run_dir))])
-        )
+        table = what_changed(run_dir)
         if table:
             printer("what changed, first steps against last (metrics.jsonl, eval.jsonl):\n" + table)
         report_after_run(run_dir, printer)

@@ -3,13 +3,13 @@ step, and at the end a short table of what changed between the first and the las
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from broker.schemas import StepReport
+from orchestrator.report import ReportError, read_metrics
 
 BAR_WIDTH = 20
 
@@ -69,13 +69,6 @@ LEARNING_ROWS = (
 )
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def learning_table(rows: list[dict], window: int | None = None) -> str:
     """Means over the first and the last ``window`` steps (a fifth of the run, at least 1) of each
     row's metric, and the change: whether the run learned, in a few lines."""
@@ -99,13 +92,6 @@ def learning_table(rows: list[dict], window: int | None = None) -> str:
     return "\n".join(lines) if len(lines) > 1 else ""
 
 
-def read_eval(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "eval.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def eval_lines(rows: list[dict]) -> list[str]:
     """Per eval set: unguided pass@k at its first and its last round (eval.jsonl)."""
     lines = []
@@ -120,6 +106,18 @@ def eval_lines(rows: list[dict]) -> list[str]:
             f"step {first['step']} -> {last['step']}: {ks}"
         )
     return lines
+
+
+def what_changed(run_dir: Path) -> str:
+    """The learning table and each eval set's first and last round of a finished run ("" when there
+    is nothing to compare); read with the report's reader (a torn last line is skipped), and never
+    failing the run: a line that is not JSON leaves the table out."""
+    try:
+        steps = read_metrics(Path(run_dir) / "metrics.jsonl")[0]
+        rounds = read_metrics(Path(run_dir) / "eval.jsonl")[0]
+    except ReportError:
+        return ""
+    return "\n".join(filter(None, [learning_table(steps), *eval_lines(rounds)]))
 
 
 def summary_lines(summary: dict) -> list[str]:
