@@ -57,7 +57,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pope.problems import Problem, builtin_arithmetic
+from pope.problems import Problem, builtin_arithmetic, builtin_chains
 from pope.units import merge_headers, split_units
 from pope.verify import MathVerifyRunner, unwrap_math
 
@@ -496,6 +496,8 @@ def load_problems(
     (``hf:ORG/NAME[:CONFIG][:SPLIT]``) validated row by row."""
     if source == "builtin:arithmetic":
         return builtin_arithmetic(num_problems, seed)
+    if source == "builtin:chains":  # the demo's task, solved by rewriting (pope.problems)
+        return builtin_chains(num_problems, seed)
     if source == "builtin:arithmetic-easy":  # one operation: the tiny model's easy set
         return [
             Problem(

@@ -3,10 +3,18 @@
 The built-in set is synthetic arithmetic: a start value and a chain of additions and
 subtractions, every intermediate value in 0..9, so a tiny model can learn it and a random one
 sometimes guesses it (useful for plumbing; issue D builds the harder testbed).
+
+The chains set (``builtin:chains``, the demo's task) asks the same expressions but solves them by
+rewriting: each step works out the first operation and writes what is left, so the next step reads
+only the text just written (``6 - 5 - 1.`` -> ``6 - 5 = 1, so 1 - 1. 1 - 1 = 0.``). That is a
+procedure the demo's small model (``pope.models.chains``) can learn from examples, unlike finding the
+k-th operand of the problem. The expressions are split three ways by a hash (``chain_split``): runs
+train on one eighth, held-out sets come from another, and the demo model's warm-up sees only the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -61,3 +69,56 @@ def arithmetic_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
 def builtin_arithmetic(num_problems: int, seed: int, min_ops: int = 2, max_ops: int = 4) -> list[Problem]:
     rng = random.Random(seed)
     return [arithmetic_problem(rng, i, num_ops=rng.randint(min_ops, max_ops)) for i in range(num_problems)]
+
+
+def chain_solution(expression: str) -> tuple[tuple[str, ...], str]:
+    """The rewriting solution of ``"a op b op c ..."`` (single-digit operands, ``+``/``-``) as units,
+    each ending in a space except the answer's, and the answer."""
+    tokens = expression.split(" ")
+    steps = []
+    while len(tokens) > 1:
+        a, op, b = int(tokens[0]), tokens[1], int(tokens[2])
+        value = a + b if op == "+" else a - b
+        tokens = [str(value), *tokens[3:]]
+        rest = f", so {' '.join(tokens)}" if len(tokens) > 1 else ""
+        steps.append(f"{a} {op} {b} = {value}{rest}. ")
+    steps.append(f"The answer is $\\boxed{{{tokens[0]}}}$.")
+    return tuple(steps), tokens[0]
+
+
+CHAIN_SPLITS = ("eval", "train", "warmup")
+
+
+def chain_split(problem: str) -> str:
+    """Which split an expression belongs to, by a hash of its text: an eighth "eval" (held-out sets),
+    an eighth "train" (``builtin:chains``, what runs train on), the rest "warmup" (the demo model's)."""
+    byte = hashlib.sha256(problem.encode()).digest()[0]
+    return "eval" if byte < 32 else "train" if byte < 64 else "warmup"
+
+
+def chain_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
+    expression = arithmetic_problem(rng, index, num_ops).problem.removeprefix("Compute ").removesuffix(".")
+    steps, answer = chain_solution(expression)
+    return Problem(
+        problem_id=f"chain-{index:06d}",
+        problem=f"Compute {expression}.",
+        answer=answer,
+        solution_steps=steps,
+        source="builtin:chains",
+    )
+
+
+def builtin_chains(
+    num_problems: int, seed: int, split: str = "train", min_ops: int = 2, max_ops: int = 4
+) -> list[Problem]:
+    """``num_problems`` chain problems of one split (``chain_split``), drawn with repeats allowed
+    (there are only 729 expressions of two operations)."""
+    if split not in CHAIN_SPLITS:
+        raise ValueError(f"split {split!r} is not one of {CHAIN_SPLITS}")
+    rng = random.Random(seed)
+    problems: list[Problem] = []
+    while len(problems) < num_problems:
+        problem = chain_problem(rng, len(problems), num_ops=rng.randint(min_ops, max_ops))
+        if chain_split(problem.problem) == split:
+            problems.append(problem)
+    return problems

