@@ -125,3 +125,18 @@ def test_a_short_build_is_a_model_folder_that_transformers_loads(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer.eos_token == "<|im_end|>"
     assert chains.resolve(tmp_path, spec) == folder  # cached: the second call builds nothing
+
+
+def test_chains_check_tells_a_lucky_answer_from_a_right_solution():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chains_check", ROOT / "scripts/chains_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    steps, answer = chain_solution("5 + 3 - 2 - 1")
+    row = {"answer": answer, "solution": "".join(steps)}
+    assert module.score("".join(steps), row) == (True, True)
+    lucky = "5 + 1 = 7, so 7 - 2 + 9. 7 - 2 = 7, so 7 - 3. 7 - 2 = 5. The answer is $\\boxed{5}$."
+    assert module.score(lucky, row) == (True, False)  # right answer, wrong steps
+    assert module.score("".join(steps[:-1]) + "The answer is $\\boxed{4}$.", row) == (False, False)
+    assert module.score("5 + 3 = 8", row) == (False, False)  # no answer

@@ -1,0 +1,104 @@
+"""How a model solves the chains task: right answers, and how many of them are right at every step.
+
+    python scripts/chains_check.py MODEL_FOLDER [MODEL_FOLDER ...] [--n 4] [--guided]
+
+For each model folder (a built ``builtin:tiny-chains``, a run's ``checkpoint/``), samples ``n``
+completions of every problem of ``configs/data/chains_heldout.jsonl`` at temperature 1 with HF
+``generate`` (seed 0), unguided (or, with ``--guided``, behind the longest prefix within
+``prefix_fraction``), and prints:
+
+- ``correct``: the share whose last ``\\boxed{}`` is the answer (the run's reward, without math-verify);
+- ``exact``: the share that is the gold solution exactly (every step right: the procedure is
+  deterministic, so a completion with every step right is the gold text);
+- ``right_for_right_steps``: ``exact`` among the correct ones. A correct answer reached through wrong
+  steps is luck (an answer is one of 10 digits), and outcome reward pays for it all the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+HELDOUT = ROOT / "configs/data/chains_heldout.jsonl"
+BOXED = re.compile(r"\\boxed\{(\d+)\}")
+
+
+def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pope.config import DataConfig
+    from pope.problems import Problem, chain_solution
+    from pope.prompts import PromptSpec, max_prefix_units, prefix_text, render_prompt
+
+    rows = [json.loads(line) for line in HELDOUT.read_text().splitlines()]
+    problems = [Problem(f"heldout-{i}", row["problem"], row["answer"]) for i, row in enumerate(rows)]
+    data = DataConfig(prefix_fraction=prefix_fraction)
+    specs = []
+    for problem, row in zip(problems, rows, strict=True):
+        if guided:
+            steps, _ = chain_solution(problem.problem.removeprefix("Compute ").removesuffix("."))
+            full = Problem(problem.problem_id, problem.problem, problem.answer, steps)
+            shown = max_prefix_units(full, prefix_fraction)
+            if shown:
+                specs.append((PromptSpec(full, "guided", shown), row, prefix_text(full, shown)))
+        else:
+            specs.append((PromptSpec(problem, "unguided", 0), row, ""))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompts = [render_prompt(tokenizer, spec, data) for spec, _, _ in specs] * n
+    torch.manual_seed(0)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(
+            **batch, do_sample=True, temperature=1.0, max_new_tokens=128, pad_token_id=tokenizer.pad_token_id
+        )
+    correct = exact = both = 0
+    for index, ids in enumerate(out):
+        _, row, shown = specs[index % len(specs)]
+        text = shown + tokenizer.decode(ids[batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        right, gold = score(text, row)
+        correct += right
+        exact += gold
+        both += right and gold
+    total = len(out)
+    return {
+        "model": str(folder),
+        "variant": "guided" if guided else "unguided",
+        "completions": total,
+        "correct": correct / total,
+        "exact": exact / total,
+        "right_for_right_steps": both / correct if correct else None,
+    }
+
+
+def score(text: str, row: dict) -> tuple[bool, bool]:
+    """(the last boxed answer is right, the text is the gold solution) for one completion."""
+    answers = BOXED.findall(text)
+    return bool(answers) and answers[-1] == row["answer"], text.strip() == row["solution"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--n", type=int, default=4, help="completions per held-out problem")
+    parser.add_argument(
+        "--guided", action="store_true", help="behind the longest prefix within 0.5 of the solution"
+    )
+    args = parser.parse_args(argv)
+    for folder in args.models:
+        if not (folder / "config.json").is_file():
+            parser.error(f"{folder}: not a model folder (no config.json)")
+        print(json.dumps(check(folder, args.n, args.guided)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
