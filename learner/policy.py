@@ -249,6 +249,12 @@ class StepBatch:
     temperature: float
 
 
+def warmup_lr(lr: float, warmup_steps: int, update: int) -> float:
+    """The rate of update ``update`` (1 for the first) under a linear warm-up of ``warmup_steps``
+    updates (0: none). Derived from the update count alone, so a resumed run continues it exactly."""
+    return lr if warmup_steps <= 0 else lr * min(1.0, update / warmup_steps)
+
+
 class PolicyTrainer:
     def __init__(self, config: LearnerSettings, model_path: str):
         """``config``: the learner's sections (``PopeConfig.for_learner``). The device comes from
@@ -329,6 +335,9 @@ class PolicyTrainer:
     def train_step(self, groups: list[ScoredGroup]) -> dict[str, float]:
         """One optimizer step on ``groups``: forward/backward per micro-batch, then one update (or
         none, when a loss was not finite); returns the step's metrics."""
+        lr = warmup_lr(self.cfg.lr, self.cfg.lr_warmup_steps, self.step_count + 1)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
         batch = self._batch(groups)
         sums = dict.fromkeys(SUMS, 0.0)
         ratios: list[torch.Tensor] = []
@@ -358,6 +367,7 @@ class PolicyTrainer:
             "kl": totals["kl"] / tokens,
             "logprob_abs_diff_vs_behaviour": totals["abs_logprob_diff"] / tokens,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": lr,
             "tokens_trained": totals["tokens"],
             "sequence_tokens": float(batch.attention.sum()),  # prompt + completion, the step's whole batch
             "padded_tokens": totals["padded"],  # what the forward passes saw

@@ -381,6 +381,12 @@ class LearnerConfig(Section):
     )
     groups_per_step: int = Field(4, ge=1, description="Rollout groups (prompts) per optimizer step.")
     lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate.")
+    lr_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Linear learning-rate warm-up: update n (from 1) uses lr * min(1, n / lr_warmup_steps); 0: off. "
+        "AdamW's first updates move every weight by about lr whatever the gradient's size.",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
     eps_low: float = Field(0.2, ge=0, le=1, description="Lower clip of the ratio: 1 - eps_low.")

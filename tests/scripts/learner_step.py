@@ -59,9 +59,9 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--zero", type=int, default=0)
     parser.add_argument("--checkpoint")
-    parser.add_argument("--mode", choices=["plain", "save", "resume", "nan"], default="plain")
+    parser.add_argument("--mode", choices=["plain", "save", "resume", "nan", "moves"], default="plain")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     config = load_config(None, [
         f"learner.zero_stage={args.zero}", "learner.groups_per_step=2", "actors.num_rollouts=4",
         "learner.micro_batch_size=2", "learner.lr=0.01", "run.seed=0", *args.overrides,
@@ -85,6 +85,13 @@ def main() -> None:
             "unchanged_after_nan": unchanged,
             "steps": trainer.step_count,
         }
+    elif args.mode == "moves":  # how far each update moves the weights, and the rate it reports
+        moves, rates = [], []
+        for batch in (batch_a, batch_b, batch_a):
+            before = {n: t.double().clone() for n, t in trainer.iter_weights()}
+            rates.append(trainer.train_step(batch)["lr"])
+            moves.append(max(float((t.double() - before[n]).abs().max()) for n, t in trainer.iter_weights()))
+        extra = {"max_abs_moves": moves, "lrs": rates}
     elif args.mode == "resume":
         trainer.load_checkpoint(args.checkpoint)
         losses.append(trainer.train_step(batch_b)["loss"])
@@ -106,7 +113,7 @@ def main() -> None:
         "sample": weights["model.layers.0.mlp.up_proj.weight"].reshape(-1)[:8].double().tolist(),
         "world_size": trainer.world_size,
         "shm_comm_op_loaded": __import__("deepspeed").comm.comm.cdb.shm_comm_op is not None,
-        **(extra if args.mode in ("nan", "plain", "save") else {}),
+        **(extra if args.mode in ("nan", "plain", "save", "moves") else {}),
     }
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "w") as f:
