@@ -2,17 +2,19 @@
 until it solves some problems, so that ``make demo`` has a skill to improve.
 
 What it is. The tiny model's byte-level BPE, trained on texts with the digits taken out (every digit
-stays one token), and a 2-layer Qwen2 trained from scratch on chain problems (``pope.problems``) drawn
-only from the warm-up split of the expressions (``chain_split``), which runs never use. Its documents are rendered exactly as
-the pipeline renders prompts (``pope.prompts.render_prompt`` under the default ``DataConfig``): most are
-unguided (the whole solution is the target), some guided (the first units are in the prompt, the target
-is the rest), with the loss on the target tokens only.
+stays one token), and a 2-layer Qwen2 trained from scratch on chain problems (``pope.problems``)
+drawn only from the warm-up split of the expressions (``chain_split``), which runs never use. Its
+documents are rendered exactly as the pipeline renders prompts (``pope.prompts.render_prompt``, the
+default ``DataConfig`` with the demo's ``prefix_fraction``): most are unguided (the whole solution
+is the target), some guided (the first units are in the prompt, the target is the rest), with the
+loss on the target tokens only.
 
 Why stop early. The warm-up stops while the model still slips (a wrong sum, a miscopied operand)
 on about a third of the problems, unguided at temperature 1, but late enough that most of its right
-answers are right at every step (``scripts/chains_check.py``): the demo then shows RL improving a
-procedure that carries to held-out problems. Run 1 of the demo stopped earlier (450 steps: a fifth
-right, 89% of those through wrong steps) and RL reinforced the luck (results/demo_preregistration.md).
+answers are right at every step (``scripts/chains_check.py``), so that RL has a procedure to
+improve on held-out problems. Run 1 of the demo stopped earlier (450 steps: a fifth right, 89% of
+those through wrong steps) and RL reinforced the luck; runs 2-4 on this build did not improve it
+either (results/demo_preregistration.md, README "What make demo shows").
 
 The folder does not depend on the run's seed (the build uses seed 0) and is built once per spec
 (2 min 36 s on the idle 2-core machine) and cached.
