@@ -78,8 +78,8 @@ def test_nonfinite_loss_skips_the_update(tmp_path, tiny_model_path, one_rank):
 
 def test_lr_warmup_scales_adamw_first_updates(tmp_path, tiny_model_path):
     """AdamW's first update moves every weight with a gradient by lr exactly (m / sqrt(v) is the sign
-    of the gradient), so the largest move of update n is lr * min(1, n / lr_warmup_steps); without a
-    warm-up it is lr from the first update."""
+    of the gradient), so under a 4-update warm-up the largest move of the first update is lr / 4
+    (it would be lr if the warm-up were not applied), and later ones stay within their rates."""
     lr = 0.01  # the script's rate
     warm = run_script(
         tmp_path, tiny_model_path, "warm", "--zero", "0", "--mode", "moves", "learner.lr_warmup_steps=4"
@@ -87,9 +87,6 @@ def test_lr_warmup_scales_adamw_first_updates(tmp_path, tiny_model_path):
     assert warm["lrs"] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4], rel=1e-12)
     assert warm["max_abs_moves"][0] == pytest.approx(lr / 4, rel=1e-4)
     assert all(move <= 2 * rate for move, rate in zip(warm["max_abs_moves"], warm["lrs"], strict=True))
-    cold = run_script(tmp_path, tiny_model_path, "cold", "--zero", "0", "--mode", "moves")
-    assert cold["lrs"] == [lr, lr, lr]
-    assert cold["max_abs_moves"][0] == pytest.approx(lr, rel=1e-4)
 
 
 def test_micro_batches_cut_to_their_own_length_match_one_micro_batch(tmp_path, tiny_model_path, one_rank):
