@@ -96,16 +96,16 @@ def chain_split(problem: str) -> str:
     return "eval" if byte < 32 else "train" if byte < 64 else "warmup"
 
 
-def chain_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
-    expression = arithmetic_problem(rng, index, num_ops).problem.removeprefix("Compute ").removesuffix(".")
-    steps, answer = chain_solution(expression)
+def chain_from_text(problem_id: str, text: str) -> Problem:
+    """The chain problem asked by ``text`` (``"Compute 6 - 5 - 1."``), with its rewriting solution."""
+    steps, answer = chain_solution(text.removeprefix("Compute ").removesuffix("."))
     return Problem(
-        problem_id=f"chain-{index:06d}",
-        problem=f"Compute {expression}.",
-        answer=answer,
-        solution_steps=steps,
-        source="builtin:chains",
+        problem_id=problem_id, problem=text, answer=answer, solution_steps=steps, source="builtin:chains"
     )
+
+
+def chain_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
+    return chain_from_text(f"chain-{index:06d}", arithmetic_problem(rng, index, num_ops).problem)
 
 
 def builtin_chains(

@@ -34,22 +34,18 @@ def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5) -> d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pope.config import DataConfig
-    from pope.problems import Problem, chain_solution
+    from pope.problems import chain_from_text
     from pope.prompts import PromptSpec, max_prefix_units, prefix_text, render_prompt
 
     rows = [json.loads(line) for line in HELDOUT.read_text().splitlines()]
-    problems = [Problem(f"heldout-{i}", row["problem"], row["answer"]) for i, row in enumerate(rows)]
     data = DataConfig(prefix_fraction=prefix_fraction)
     specs = []
-    for problem, row in zip(problems, rows, strict=True):
-        if guided:
-            steps, _ = chain_solution(problem.problem.removeprefix("Compute ").removesuffix("."))
-            full = Problem(problem.problem_id, problem.problem, problem.answer, steps)
-            shown = max_prefix_units(full, prefix_fraction)
-            if shown:
-                specs.append((PromptSpec(full, "guided", shown), row, prefix_text(full, shown)))
-        else:
-            specs.append((PromptSpec(problem, "unguided", 0), row, ""))
+    for index, row in enumerate(rows):
+        problem = chain_from_text(f"heldout-{index}", row["problem"])
+        shown = max_prefix_units(problem, prefix_fraction) if guided else 0
+        if shown or not guided:
+            spec = PromptSpec(problem, "guided" if shown else "unguided", shown)
+            specs.append((spec, row, prefix_text(problem, shown) if shown else ""))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
