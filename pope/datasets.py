@@ -496,8 +496,8 @@ def load_problems(
     (``hf:ORG/NAME[:CONFIG][:SPLIT]``) validated row by row."""
     if source == "builtin:arithmetic":
         return builtin_arithmetic(num_problems, seed)
-    if source == "builtin:chains":  # the demo's task, solved by rewriting (pope.problems)
-        return builtin_chains(num_problems, seed)
+    if source in ("builtin:chains", "builtin:totals"):  # the demo tasks, solved by rewriting (pope.problems)
+        return builtin_chains(num_problems, seed, task=source.removeprefix("builtin:"))
     if source == "builtin:arithmetic-easy":  # one operation: the tiny model's easy set
         return [
             Problem(

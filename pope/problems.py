@@ -10,6 +10,12 @@ only the text just written (``6 - 5 - 1.`` -> ``6 - 5 = 1, so 1 - 1. 1 - 1 = 0.`
 procedure the demo's small model (``pope.models.chains``) can learn from examples, unlike finding the
 k-th operand of the problem. The expressions are split three ways by a hash (``chain_split``): runs
 train on one eighth, held-out sets come from another, and the demo model's warm-up sees only the rest.
+
+The totals set (``builtin:totals``) asks for the same expressions' running totals written as one
+number (``6 - 5 - 1.`` -> ``610``) and solves them by the same rewriting. Its answer carries every
+intermediate value, so a wrong step cannot end on the right answer by luck, as it can one time in
+ten when the answer is one digit (results/demo_preregistration.md, run 4). An expression falls in
+the same split in both sets.
 """
 
 from __future__ import annotations
@@ -71,54 +77,85 @@ def builtin_arithmetic(num_problems: int, seed: int, min_ops: int = 2, max_ops: 
     return [arithmetic_problem(rng, i, num_ops=rng.randint(min_ops, max_ops)) for i in range(num_problems)]
 
 
-def chain_solution(expression: str) -> tuple[tuple[str, ...], str]:
+CHAIN_QUESTIONS = {  # task -> (text before the expression, text after it)
+    "chains": ("Compute ", "."),
+    "totals": ("Write the running totals of ", " as one number."),
+}
+
+
+def chain_solution(expression: str, task: str = "chains") -> tuple[tuple[str, ...], str]:
     """The rewriting solution of ``"a op b op c ..."`` (single-digit operands, ``+``/``-``) as units,
-    each ending in a space except the answer's, and the answer."""
+    each ending in a space except the answer's, and the answer: the last value (``chains``) or every
+    value from the first digit on, written together (``totals``)."""
     tokens = expression.split(" ")
+    totals = [tokens[0]]
     steps = []
     while len(tokens) > 1:
         a, op, b = int(tokens[0]), tokens[1], int(tokens[2])
         value = a + b if op == "+" else a - b
         tokens = [str(value), *tokens[3:]]
+        totals.append(str(value))
         rest = f", so {' '.join(tokens)}" if len(tokens) > 1 else ""
         steps.append(f"{a} {op} {b} = {value}{rest}. ")
-    steps.append(f"The answer is $\\boxed{{{tokens[0]}}}$.")
-    return tuple(steps), tokens[0]
+    answer = tokens[0] if task == "chains" else "".join(totals)
+    steps.append(f"The answer is $\\boxed{{{answer}}}$.")
+    return tuple(steps), answer
+
+
+def chain_expression(text: str) -> tuple[str, str]:
+    """(task, expression) of a chains or totals question, or ValueError naming the text."""
+    for task, (before, after) in CHAIN_QUESTIONS.items():
+        if text.startswith(before) and text.endswith(after):
+            return task, text[len(before) : len(text) - len(after)]
+    raise ValueError(f"{text!r} is not a chains or totals question")
 
 
 CHAIN_SPLITS = ("eval", "train", "warmup")
 
 
 def chain_split(problem: str) -> str:
-    """Which split an expression belongs to, by a hash of its text: an eighth "eval" (held-out sets),
-    an eighth "train" (``builtin:chains``, what runs train on), the rest "warmup" (the demo model's)."""
-    byte = hashlib.sha256(problem.encode()).digest()[0]
+    """Which split an expression belongs to, by a hash of its chains question: an eighth "eval"
+    (held-out sets), an eighth "train" (what runs train on), the rest "warmup" (the demo models')."""
+    _, expression = chain_expression(problem)
+    byte = hashlib.sha256(f"Compute {expression}.".encode()).digest()[0]
     return "eval" if byte < 32 else "train" if byte < 64 else "warmup"
 
 
 def chain_from_text(problem_id: str, text: str) -> Problem:
-    """The chain problem asked by ``text`` (``"Compute 6 - 5 - 1."``), with its rewriting solution."""
-    steps, answer = chain_solution(text.removeprefix("Compute ").removesuffix("."))
+    """The problem asked by ``text`` (``"Compute 6 - 5 - 1."``, ``"Write the running totals of 6 - 5
+    as one number."``), with its rewriting solution."""
+    task, expression = chain_expression(text)
+    steps, answer = chain_solution(expression, task)
     return Problem(
-        problem_id=problem_id, problem=text, answer=answer, solution_steps=steps, source="builtin:chains"
+        problem_id=problem_id, problem=text, answer=answer, solution_steps=steps, source=f"builtin:{task}"
     )
 
 
-def chain_problem(rng: random.Random, index: int, num_ops: int) -> Problem:
-    return chain_from_text(f"chain-{index:06d}", arithmetic_problem(rng, index, num_ops).problem)
+def chain_problem(rng: random.Random, index: int, num_ops: int, task: str = "chains") -> Problem:
+    expression = arithmetic_problem(rng, index, num_ops).problem.removeprefix("Compute ").removesuffix(".")
+    before, after = CHAIN_QUESTIONS[task]
+    return chain_from_text(f"{task[:-1]}-{index:06d}", before + expression + after)
 
 
 def builtin_chains(
-    num_problems: int, seed: int, split: str = "train", min_ops: int = 2, max_ops: int = 4
+    num_problems: int,
+    seed: int,
+    split: str = "train",
+    min_ops: int = 2,
+    max_ops: int = 4,
+    task: str = "chains",
 ) -> list[Problem]:
-    """``num_problems`` chain problems of one split (``chain_split``), drawn with repeats allowed
-    (there are only 729 expressions of two operations)."""
+    """``num_problems`` chain (or ``task="totals"``) problems of one split (``chain_split``), drawn with
+    repeats allowed (there are only 729 expressions of two operations). The same seed and split draw
+    the same expressions for both tasks."""
     if split not in CHAIN_SPLITS:
         raise ValueError(f"split {split!r} is not one of {CHAIN_SPLITS}")
+    if task not in CHAIN_QUESTIONS:
+        raise ValueError(f"task {task!r} is not one of {tuple(CHAIN_QUESTIONS)}")
     rng = random.Random(seed)
     problems: list[Problem] = []
     while len(problems) < num_problems:
-        problem = chain_problem(rng, len(problems), num_ops=rng.randint(min_ops, max_ops))
+        problem = chain_problem(rng, len(problems), num_ops=rng.randint(min_ops, max_ops), task=task)
         if chain_split(problem.problem) == split:
             problems.append(problem)
     return problems

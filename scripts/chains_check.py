@@ -1,9 +1,10 @@
-"""How a model solves the chains task: right answers, and how many of them are right at every step.
+"""How a model solves the chains (or totals) task: right answers, and how many are right at every step.
 
-    python scripts/chains_check.py MODEL_FOLDER [MODEL_FOLDER ...] [--n 4] [--guided]
+    python scripts/chains_check.py MODEL_FOLDER [MODEL_FOLDER ...] [--n 4] [--guided] [--task totals]
 
-For each model folder (a built ``builtin:tiny-chains``, a run's ``checkpoint/``), samples ``n``
-completions of every problem of ``configs/data/chains_heldout.jsonl`` at temperature 1 with HF
+For each model folder (a built ``builtin:tiny-chains`` or ``builtin:tiny-totals``, a run's
+``checkpoint/``), samples ``n`` completions of every problem of ``configs/data/chains_heldout.jsonl``
+(``totals_heldout.jsonl`` with ``--task totals``) at temperature 1 with HF
 ``generate`` (seed 0), unguided (or, with ``--guided``, behind the longest prefix within
 ``prefix_fraction``), and prints:
 
@@ -25,11 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-HELDOUT = ROOT / "configs/data/chains_heldout.jsonl"
+HELDOUT = {task: ROOT / f"configs/data/{task}_heldout.jsonl" for task in ("chains", "totals")}
 BOXED = re.compile(r"\\boxed\{(\d+)\}")
 
 
-def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5) -> dict:
+def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5, task: str = "chains") -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -37,7 +38,7 @@ def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5) -> d
     from pope.problems import chain_from_text
     from pope.prompts import PromptSpec, max_prefix_units, prefix_text, render_prompt
 
-    rows = [json.loads(line) for line in HELDOUT.read_text().splitlines()]
+    rows = [json.loads(line) for line in HELDOUT[task].read_text().splitlines()]
     data = DataConfig(prefix_fraction=prefix_fraction)
     specs = []
     for index, row in enumerate(rows):
@@ -67,6 +68,7 @@ def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5) -> d
     total = len(out)
     return {
         "model": str(folder),
+        "task": task,
         "variant": "guided" if guided else "unguided",
         "completions": total,
         "correct": correct / total,
@@ -88,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--guided", action="store_true", help="behind the longest prefix within 0.5 of the solution"
     )
+    parser.add_argument("--task", choices=sorted(HELDOUT), default="chains", help="which held-out set")
     args = parser.parse_args(argv)
     for folder in args.models:
         if not (folder / "config.json").is_file():
             parser.error(f"{folder}: not a model folder (no config.json)")
-        print(json.dumps(check(folder, args.n, args.guided)), flush=True)
+        print(json.dumps(check(folder, args.n, args.guided, task=args.task)), flush=True)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The demo's task and model: chain problems solved by rewriting (pope/problems.py), their three splits,
-the held-out file, the warm-up documents and a short build of the demo model (pope/models/chains.py)."""
+"""The demo's tasks and models: chain problems solved by rewriting (pope/problems.py), asked for the last
+value (chains) or the running totals (totals), their three splits, the held-out files, the warm-up
+documents and a short build of the demo models (pope/models/chains.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import pytest
 from pope.config import DataConfig
 from pope.datasets import load_problems
 from pope.models import chains
-from pope.problems import builtin_chains, chain_solution, chain_split
+from pope.problems import builtin_chains, chain_expression, chain_from_text, chain_solution, chain_split
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = ROOT / "configs/data/chains_heldout.jsonl"
+TOTALS_HELDOUT = ROOT / "configs/data/totals_heldout.jsonl"
 
 
 def _expressions(ops: int):
@@ -59,6 +61,38 @@ def test_every_chain_answer_is_the_value_of_its_expression():
         assert len(problem.solution_steps) == len(tokens) // 2 + 1
 
 
+def test_a_totals_answer_is_every_value_in_turn_and_the_steps_are_the_chains_ones():
+    steps, answer = chain_solution("6 - 5 - 1 + 3", task="totals")
+    assert answer == "6103"
+    assert steps == (*chain_solution("6 - 5 - 1 + 3")[0][:-1], "The answer is $\\boxed{6103}$.")
+    for chain, total in zip(
+        builtin_chains(300, seed=5), builtin_chains(300, seed=5, task="totals"), strict=True
+    ):  # the same draws: the same expressions, the same split
+        _, expression = chain_expression(chain.problem)
+        assert total.problem == f"Write the running totals of {expression} as one number."
+        assert chain_split(total.problem) == chain_split(chain.problem) == "train"
+        tokens = expression.split(" ")
+        values = [int(tokens[0])]  # independently: the running value after each operation
+        for op, operand in zip(tokens[1::2], tokens[2::2], strict=True):
+            values.append(values[-1] + int(operand) if op == "+" else values[-1] - int(operand))
+        assert total.answer == "".join(map(str, values)) and chain.answer == str(values[-1])
+        assert total.solution_steps[:-1] == chain.solution_steps[:-1]
+        assert total.source == "builtin:totals"
+    with pytest.raises(ValueError, match="'Sum 1 \\+ 2.' is not a chains or totals question"):
+        chain_from_text("x", "Sum 1 + 2.")
+    with pytest.raises(ValueError, match="task 'sums'"):
+        builtin_chains(1, seed=0, task="sums")
+
+
+def test_the_reward_tells_a_totals_answer_from_its_digits_reordered_or_listed():
+    from preprocess.scoring import Verifier  # the pipeline's reward: math-verify in its child process
+
+    wrong = ["$\\boxed{6130}$", "$\\boxed{6,1,0,3}$", "$\\boxed{3}$", "$\\boxed{610}$"]
+    with Verifier(timeout_s=10.0) as verifier:
+        verdicts = verifier.score_batch([("6103", c) for c in ["The answer is $\\boxed{6103}$.", *wrong]])
+    assert verdicts == [(1.0, "correct")] + [(0.0, "wrong")] * len(wrong)
+
+
 def test_the_splits_cut_the_expressions_an_eighth_an_eighth_and_the_rest():
     expressions = [f"Compute {e}." for ops in (2, 3, 4) for e in _expressions(ops)]
     counts = Counter(chain_split(e) for e in expressions)
@@ -71,10 +105,11 @@ def test_the_splits_cut_the_expressions_an_eighth_an_eighth_and_the_rest():
         builtin_chains(1, seed=0, split="test")
 
 
-def test_builtin_chains_is_a_data_source():
-    problems = load_problems("builtin:chains", 20, seed=0, fields=None)
-    assert [p.problem for p in problems] == [p.problem for p in builtin_chains(20, seed=0)]
-    assert {p.source for p in problems} == {"builtin:chains"}
+@pytest.mark.parametrize("task", ["chains", "totals"])
+def test_builtin_chains_and_totals_are_data_sources(task):
+    problems = load_problems(f"builtin:{task}", 20, seed=0, fields=None)
+    assert [p.problem for p in problems] == [p.problem for p in builtin_chains(20, seed=0, task=task)]
+    assert {p.source for p in problems} == {f"builtin:{task}"}
 
 
 def test_the_heldout_file_is_distinct_eval_split_problems_with_right_answers():
@@ -84,7 +119,21 @@ def test_the_heldout_file_is_distinct_eval_split_problems_with_right_answers():
         assert chain_split(row["problem"]) == "eval"
         steps, answer = chain_solution(row["problem"].removeprefix("Compute ").removesuffix("."))
         assert (row["answer"], row["solution"]) == (answer, "".join(steps))
-    trained = {p.problem for p in builtin_chains(2000, seed=0)}  # configs/demo.yaml's problems
+    trained = {p.problem for p in builtin_chains(2000, seed=0)}  # configs/demo_chains.yaml's problems
+    assert not trained & {row["problem"] for row in rows}
+
+
+def test_the_totals_heldout_file_asks_the_chains_expressions_for_their_totals():
+    chains_rows = [json.loads(line) for line in HELDOUT.read_text().splitlines()]
+    rows = [json.loads(line) for line in TOTALS_HELDOUT.read_text().splitlines()]
+    assert [chain_expression(r["problem"])[1] for r in rows] == [
+        chain_expression(r["problem"])[1] for r in chains_rows
+    ]
+    for row in rows:
+        problem = chain_from_text("x", row["problem"])
+        assert (row["answer"], row["solution"]) == (problem.answer, problem.solution)
+        assert chain_split(row["problem"]) == "eval"
+    trained = {p.problem for p in builtin_chains(2000, seed=0, task="totals")}  # configs/demo.yaml's
     assert not trained & {row["problem"] for row in rows}
 
 
@@ -112,12 +161,13 @@ def test_a_warmup_document_is_a_prompt_as_the_pipeline_renders_it_and_the_rest_o
     assert shown_counts[0] and sum(shown_counts.values()) > shown_counts[0]  # both kinds
 
 
-def test_a_short_build_is_a_model_folder_that_transformers_loads(tmp_path):
+@pytest.mark.parametrize("base", [chains.CHAINS_SPEC, chains.TOTALS_SPEC], ids=["chains", "totals"])
+def test_a_short_build_is_a_model_folder_that_transformers_loads(tmp_path, base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = {**chains.CHAINS_SPEC, "warmup_steps": 3, "batch_size": 4}
+    spec = {**base, "warmup_steps": 3, "batch_size": 4}
     folder = chains.resolve(tmp_path, spec)
-    assert folder.name == f"tiny-chains-{chains.spec_hash(spec)}"
+    assert folder.name == f"{base['name']}-{chains.spec_hash(spec)}"
     meta = json.loads((folder / "pope_spec.json").read_text())
     assert meta["warmup_steps"] == 3 and meta["seed"] == 0
     model = AutoModelForCausalLM.from_pretrained(folder)

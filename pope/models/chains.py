@@ -1,5 +1,7 @@
-"""The demo's model (``builtin:tiny-chains``): the tiny model's architecture, warmed up on the chains task
-until it solves some problems, so that ``make demo`` has a skill to improve.
+"""The demo's models: the tiny model's architecture, warmed up on the chains task (``builtin:tiny-chains``,
+``CHAINS_SPEC``) or the totals task (``builtin:tiny-totals``, ``TOTALS_SPEC``: the same recipe, the
+answer written as the running totals) until it solves some problems, so that ``make demo`` has a
+skill to improve.
 
 What it is. The tiny model's byte-level BPE, trained on texts with the digits taken out (every digit
 stays one token), and a 2-layer Qwen2 trained from scratch on chain problems (``pope.problems``)
@@ -45,17 +47,20 @@ CHAINS_SPEC = {  # the cache key hashes this dict: bump "version" when the build
     "prefix_fraction": 0.5,  # data.prefix_fraction of configs/demo.yaml: a chain's first unit is ~30% of it
     "torch_threads": 2,
 }
+# the totals task (pope.problems): the same recipe, only the answer line differs ("task" is absent from
+# CHAINS_SPEC, whose cache key must not change: absent means "chains")
+TOTALS_SPEC = {**CHAINS_SPEC, "name": "tiny-totals", "task": "totals"}
 BUILD_SEED = 0
 
 
-def build_tokenizer():
-    """The tiny model's BPE on chain texts with the digits removed, plus the prompts' fixed text."""
+def build_tokenizer(task: str = "chains"):
+    """The tiny model's BPE on the task's texts with the digits removed, plus the prompts' fixed text."""
     from pope.config import DataConfig
     from pope.models.tiny import CHAT_TEMPLATE
     from pope.models.tiny import build_tokenizer as tiny_build_tokenizer
     from pope.problems import builtin_chains
 
-    problems = builtin_chains(300, seed=1, split="warmup")
+    problems = builtin_chains(300, seed=1, split="warmup", task=task)
     texts = [re.sub(r"\d", "", p.problem + " " + p.solution) for p in problems]
     data = DataConfig()
     texts += [CHAT_TEMPLATE, data.instruction("unguided"), data.instruction("guided")] * 20
@@ -90,8 +95,10 @@ def warm_up(model, tokenizer, spec: dict, seed: int = BUILD_SEED, on_step=None) 
     from pope.problems import builtin_chains
 
     data = DataConfig(prefix_fraction=spec["prefix_fraction"])
-    rng = random.Random(f"tiny-chains-warmup-{seed}")
-    problems = iter(builtin_chains(spec["warmup_steps"] * spec["batch_size"], seed=seed + 1, split="warmup"))
+    rng = random.Random(f"tiny-chains-warmup-{seed}")  # both tasks: the same documents' draws
+    count = spec["warmup_steps"] * spec["batch_size"]
+    task = spec.get("task", "chains")
+    problems = iter(builtin_chains(count, seed=seed + 1, split="warmup", task=task))
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.98), weight_decay=0.0)
     steps = spec["warmup_steps"]
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -127,7 +134,7 @@ def build_chains_model(out_dir: Path, spec: dict | None = None, on_step=None) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(spec["torch_threads"])
     try:
-        tokenizer = build_tokenizer()
+        tokenizer = build_tokenizer(spec.get("task", "chains"))
         torch.manual_seed(BUILD_SEED)
         model = new_qwen2(spec, tokenizer)
         losses = warm_up(model, tokenizer, spec, on_step=on_step)
@@ -138,7 +145,7 @@ def build_chains_model(out_dir: Path, spec: dict | None = None, on_step=None) ->
 
 
 def resolve(cache_dir: Path, spec: dict | None = None) -> Path:
-    """The folder of ``builtin:tiny-chains``, built once into ``cache_dir``."""
+    """The folder of ``builtin:tiny-chains`` (or of ``spec``'s model), built once into ``cache_dir``."""
     spec = dict(spec or CHAINS_SPEC)
     target = Path(cache_dir) / f"{spec['name']}-{spec_hash(spec)}"
     if not (target / "config.json").is_file():
