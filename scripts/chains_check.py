@@ -11,6 +11,7 @@ For each model folder (a built ``builtin:tiny-chains`` or ``builtin:tiny-totals`
 - ``correct``: the share whose last ``\\boxed{}`` is the answer (the run's reward, without math-verify);
 - ``exact``: the share that is the gold solution exactly (every step right: the procedure is
   deterministic, so a completion with every step right is the gold text);
+- ``guessed``: the share that answers at once, with no step (the text starts with the answer line);
 - ``right_for_right_steps``: ``exact`` among the correct ones. A correct answer reached through wrong
   steps is luck (an answer is one of 10 digits), and outcome reward pays for it all the same.
 """
@@ -57,7 +58,7 @@ def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5, task
         out = model.generate(
             **batch, do_sample=True, temperature=1.0, max_new_tokens=128, pad_token_id=tokenizer.pad_token_id
         )
-    correct = exact = both = 0
+    correct = exact = both = guessed = 0
     for index, ids in enumerate(out):
         _, row, shown = specs[index % len(specs)]
         text = shown + tokenizer.decode(ids[batch["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -65,6 +66,7 @@ def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5, task
         correct += right
         exact += gold
         both += right and gold
+        guessed += text.lstrip().startswith("The answer")
     total = len(out)
     return {
         "model": str(folder),
@@ -73,6 +75,7 @@ def check(folder: Path, n: int, guided: bool, prefix_fraction: float = 0.5, task
         "completions": total,
         "correct": correct / total,
         "exact": exact / total,
+        "guessed": guessed / total,
         "right_for_right_steps": both / correct if correct else None,
     }
 

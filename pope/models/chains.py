@@ -50,6 +50,9 @@ CHAINS_SPEC = {  # the cache key hashes this dict: bump "version" when the build
 # the totals task (pope.problems): the same recipe, only the answer line differs ("task" is absent from
 # CHAINS_SPEC, whose cache key must not change: absent means "chains")
 TOTALS_SPEC = {**CHAINS_SPEC, "name": "tiny-totals", "task": "totals"}
+# the totals model that half the time answers at once, without steps (and so mostly wrong): half its
+# unguided warm-up documents are the answer line alone (demo run 6, results/demo_preregistration.md)
+GUESS_SPEC = {**TOTALS_SPEC, "name": "tiny-totals-guess", "guess_share": 0.5}
 BUILD_SEED = 0
 
 
@@ -68,9 +71,10 @@ def build_tokenizer(task: str = "chains"):
 
 
 def document(
-    rng: random.Random, problem, tokenizer, data, guided_share: float
+    rng: random.Random, problem, tokenizer, data, guided_share: float, guess_share: float = 0.0
 ) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids) of one warm-up document, tokenized apart as the actors do."""
+    """(prompt ids, target ids) of one warm-up document, tokenized apart as the actors do. With
+    ``guess_share``, that share of the unguided documents is the answer line alone, with no steps."""
     from pope.prompts import PromptSpec, max_prefix_units, prefix_text, render_prompt
 
     shown = 0
@@ -80,6 +84,10 @@ def document(
     prompt = render_prompt(tokenizer, PromptSpec(problem, "guided" if shown else "unguided", shown), data)
     # the prompt ends with the shown units less their trailing space; the target is all that follows
     target = problem.solution[len(prefix_text(problem, shown)) :]
+    if (
+        not shown and guess_share and rng.random() < guess_share
+    ):  # no draw without it: builds stay as they were
+        target = problem.solution_steps[-1]
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids, target_ids
@@ -108,7 +116,7 @@ def warm_up(model, tokenizer, spec: dict, seed: int = BUILD_SEED, on_step=None) 
     model.train()
     for index in range(steps):
         batch = [
-            document(rng, next(problems), tokenizer, data, spec["guided_share"])
+            document(rng, next(problems), tokenizer, data, spec["guided_share"], spec.get("guess_share", 0.0))
             for _ in range(spec["batch_size"])
         ]
         docs = [(prompt, target, ()) for prompt, target in batch]
