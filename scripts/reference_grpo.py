@@ -129,7 +129,7 @@ def run(args) -> list[dict]:
             torch.manual_seed(10_000 + step)  # each round's samples, apart from the training draws
             correct = evaluate(model, tokenizer, validation, data, args.eval_n, args.max_new_tokens)
             torch.manual_seed(args.seed + step)
-            window = {v: r[-12 * 4 :] for v, r in rewards_by_variant.items()}
+            window = {v: r[-12 * args.groups // 2 * args.group_size :] for v, r in rewards_by_variant.items()}
             row = {
                 "step": step,
                 "validation_correct": correct,

@@ -50,9 +50,10 @@ CHAINS_SPEC = {  # the cache key hashes this dict: bump "version" when the build
 # the totals task (pope.problems): the same recipe, only the answer line differs ("task" is absent from
 # CHAINS_SPEC, whose cache key must not change: absent means "chains")
 TOTALS_SPEC = {**CHAINS_SPEC, "name": "tiny-totals", "task": "totals"}
-# the totals model that half the time answers at once, without steps (and so mostly wrong): half its
-# unguided warm-up documents are the answer line alone (demo run 6, results/demo_preregistration.md)
-GUESS_SPEC = {**TOTALS_SPEC, "name": "tiny-totals-guess", "guess_share": 0.5}
+# the totals model that often answers at once, without steps (and so mostly wrong): 30% of its unguided
+# warm-up documents are the answer line alone (demo run 6's rule, results/demo_preregistration.md:
+# 0.5 left it right 10% of the time unguided, below the rule's 0.20, so 0.3)
+GUESS_SPEC = {**TOTALS_SPEC, "name": "tiny-totals-guess", "guess_share": 0.3}
 BUILD_SEED = 0
 
 
