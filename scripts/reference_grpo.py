@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     record = run(args)
     if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rounds": record}))
+        args.out.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rounds": record})
+        )
     return 0
 
 

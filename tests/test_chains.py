@@ -161,7 +161,9 @@ def test_a_warmup_document_is_a_prompt_as_the_pipeline_renders_it_and_the_rest_o
     assert shown_counts[0] and sum(shown_counts.values()) > shown_counts[0]  # both kinds
 
 
-@pytest.mark.parametrize("base", [chains.CHAINS_SPEC, chains.TOTALS_SPEC], ids=["chains", "totals"])
+@pytest.mark.parametrize(
+    "base", [chains.CHAINS_SPEC, chains.TOTALS_SPEC, chains.GUESS_SPEC], ids=["chains", "totals", "guess"]
+)
 def test_a_short_build_is_a_model_folder_that_transformers_loads(tmp_path, base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -190,3 +192,79 @@ def test_chains_check_tells_a_lucky_answer_from_a_right_solution():
     assert module.score(lucky, row) == (True, False)  # right answer, wrong steps
     assert module.score("".join(steps[:-1]) + "The answer is $\\boxed{4}$.", row) == (False, False)
     assert module.score("5 + 3 = 8", row) == (False, False)  # no answer
+
+
+def test_a_guess_document_is_the_answer_line_alone_and_only_unguided_ones_guess():
+    tokenizer = chains.build_tokenizer("totals")
+    data = DataConfig(prefix_fraction=chains.GUESS_SPEC["prefix_fraction"])
+    problem = builtin_chains(1, seed=2, task="totals")[0]
+    answer_line = problem.solution_steps[-1]
+    kinds = Counter()
+    rng = random.Random(0)
+    for _ in range(80):
+        prompt_ids, target_ids = chains.document(rng, problem, tokenizer, data, 0.5, guess_share=0.5)
+        prompt, target = tokenizer.decode(prompt_ids), tokenizer.decode(target_ids[:-1])
+        if target == answer_line:
+            assert problem.solution_steps[0].strip() not in prompt  # a guess is never behind a prefix
+            kinds["guess"] += 1
+        elif problem.solution_steps[0].strip() in prompt:
+            kinds["guided"] += 1
+        else:
+            assert target == problem.solution
+            kinds["worked"] += 1
+    # of 80: about 40 guided, and of the 40 unguided about half guesses
+    assert 25 <= kinds["guided"] <= 55 and kinds["guess"] >= 8 and kinds["worked"] >= 8
+    # without guess_share the draws are the ones earlier builds made (run 5's model stays as built)
+    plain, zero = random.Random(1), random.Random(1)
+    for _ in range(20):
+        assert chains.document(plain, problem, tokenizer, data, 0.3) == chains.document(
+            zero, problem, tokenizer, data, 0.3, guess_share=0.0
+        )
+
+
+def _reference_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_grpo", ROOT / "scripts/reference_grpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_loop_validates_on_eval_problems_apart_from_the_heldout_set():
+    module = _reference_module()
+    assert module.group_advantages([1, 0, 0, 1, 1, 1, 1, 1], 4) == [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]
+    problems = module.validation_problems("totals")
+    texts = {p.problem for p in problems}
+    heldout = {json.loads(line)["problem"] for line in TOTALS_HELDOUT.read_text().splitlines()}
+    assert len(texts) == 64 and not texts & heldout
+    assert {chain_split(t) for t in texts} == {"eval"}
+
+
+def test_the_reference_loss_is_the_advantage_weighted_mean_logprob_of_each_completion(tmp_path):
+    """Padded, batched loss against a naive one: each sequence alone, no padding, float64 sums."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    module = _reference_module()
+    folder = chains.resolve(tmp_path, {**chains.TOTALS_SPEC, "warmup_steps": 2, "batch_size": 4})
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompts = ["Write the running totals of 1 + 2 as one number.", "Write 9 - 1."]
+    torch.manual_seed(0)
+    batch, completion, mask = module.sample(model, tokenizer, prompts, max_new_tokens=12)
+    advantages = [0.75, -0.25]
+    with torch.no_grad():
+        got = module.loss_of(model, batch, completion, mask, advantages).item()
+        total, tokens = 0.0, 0
+        for row, prompt in enumerate(prompts):
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            kept = completion[row][mask[row]].tolist()
+            ids = torch.tensor([prompt_ids + kept])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+            for offset, token in enumerate(kept):
+                total += -advantages[row] * logp[len(prompt_ids) - 1 + offset, token].item()
+            tokens += len(kept)
+    assert tokens == int(mask.sum()) > 0
+    assert got == pytest.approx(total / tokens, rel=1e-4, abs=1e-6)
