@@ -16,7 +16,7 @@ demo: install
 	$(VENV)/bin/pope train --config configs/demo.yaml
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-unit: install
 	$(PY) -m pytest -q -m unit tests
