@@ -29,22 +29,15 @@ def _tiny(cache_dir: Path, seed: int) -> Path:
     return tiny.resolve(cache_dir, seed)
 
 
-def _chains(cache_dir: Path, seed: int) -> Path:
-    from pope.models import chains
+def _chains(spec_name: str) -> Callable[[Path, int], Path]:
+    """The resolver of one of ``pope.models.chains``' builds, named by its spec (``CHAINS_SPEC``, ...)."""
 
-    return chains.resolve(cache_dir)
+    def resolve(cache_dir: Path, seed: int) -> Path:
+        from pope.models import chains
 
+        return chains.resolve(cache_dir, getattr(chains, spec_name))
 
-def _totals(cache_dir: Path, seed: int) -> Path:
-    from pope.models import chains
-
-    return chains.resolve(cache_dir, chains.TOTALS_SPEC)
-
-
-def _totals_guess(cache_dir: Path, seed: int) -> Path:
-    from pope.models import chains
-
-    return chains.resolve(cache_dir, chains.GUESS_SPEC)
+    return resolve
 
 
 def _smollm2(cache_dir: Path, seed: int) -> Path:
@@ -67,9 +60,9 @@ def _testbed_v2(cache_dir: Path, seed: int) -> Path:
 
 BUILTIN: dict[str, Callable[[Path, int], Path]] = {
     "builtin:tiny-qwen2": _tiny,
-    "builtin:tiny-chains": _chains,
-    "builtin:tiny-totals": _totals,
-    "builtin:tiny-totals-guess": _totals_guess,
+    "builtin:tiny-chains": _chains("CHAINS_SPEC"),
+    "builtin:tiny-totals": _chains("TOTALS_SPEC"),
+    "builtin:tiny-totals-guess": _chains("GUESS_SPEC"),
     "builtin:smollm2-135m-instruct": _smollm2,
     "builtin:testbed-v1": _testbed_v1,
     "builtin:testbed-v2": _testbed_v2,

@@ -58,6 +58,11 @@ GUESS_SPEC = {**TOTALS_SPEC, "name": "tiny-totals-guess", "guess_share": 0.3}
 BUILD_SEED = 0
 
 
+def spec_task(spec: dict) -> str:
+    """The task a spec warms up on: "chains" when it names none (``CHAINS_SPEC``)."""
+    return spec.get("task", "chains")
+
+
 def build_tokenizer(task: str = "chains"):
     """The tiny model's BPE on the task's texts with the digits removed, plus the prompts' fixed text."""
     from pope.config import DataConfig
@@ -86,9 +91,8 @@ def document(
     prompt = render_prompt(tokenizer, PromptSpec(problem, "guided" if shown else "unguided", shown), data)
     # the prompt ends with the shown units less their trailing space; the target is all that follows
     target = problem.solution[len(prefix_text(problem, shown)) :]
-    if (
-        not shown and guess_share and rng.random() < guess_share
-    ):  # no draw without it: builds stay as they were
+    # no draw without guess_share, so the builds made before it existed stay as they were
+    if not shown and guess_share and rng.random() < guess_share:
         target = problem.solution_steps[-1]
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -107,8 +111,7 @@ def warm_up(model, tokenizer, spec: dict, seed: int = BUILD_SEED, on_step=None) 
     data = DataConfig(prefix_fraction=spec["prefix_fraction"])
     rng = random.Random(f"tiny-chains-warmup-{seed}")  # both tasks: the same documents' draws
     count = spec["warmup_steps"] * spec["batch_size"]
-    task = spec.get("task", "chains")
-    problems = iter(builtin_chains(count, seed=seed + 1, split="warmup", task=task))
+    problems = iter(builtin_chains(count, seed=seed + 1, split="warmup", task=spec_task(spec)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.98), weight_decay=0.0)
     steps = spec["warmup_steps"]
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -144,7 +147,7 @@ def build_chains_model(out_dir: Path, spec: dict | None = None, on_step=None) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(spec["torch_threads"])
     try:
-        tokenizer = build_tokenizer(spec.get("task", "chains"))
+        tokenizer = build_tokenizer(spec_task(spec))
         torch.manual_seed(BUILD_SEED)
         model = new_qwen2(spec, tokenizer)
         losses = warm_up(model, tokenizer, spec, on_step=on_step)
